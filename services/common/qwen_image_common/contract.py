@@ -1,0 +1,76 @@
+"""The internal HTTP contract between router and gpu-worker.
+
+One place for both sides, so the two services cannot drift apart. The public OpenAI-style
+API lives in the router; this is the small job API behind it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOBS_PATH = "/internal/v1/jobs"
+LOAD_PATH = "/internal/v1/load"
+
+# Statuses the worker answers a job with, beyond 200. The router maps them onto the spec's
+# public errors; 429 and 503 mean "try another worker", the others end the request.
+STATUS_QUEUE_FULL = 429
+STATUS_NOT_READY = 503
+STATUS_TIMEOUT = 504
+STATUS_INFERENCE_FAILED = 500
+
+MAX_PROMPT_CHARS = 8192
+MAX_IMAGES_PER_JOB = 4
+MAX_SIDE_PIXELS = 2048
+
+
+class JobRequest(BaseModel):
+    """One generation job: every image of it shares the prompt and settings, not the seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(min_length=1, max_length=64, description="Opaque id for logs.")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    width: int = Field(ge=16, le=MAX_SIDE_PIXELS, description="Exact width of the result.")
+    height: int = Field(ge=16, le=MAX_SIDE_PIXELS, description="Exact height of the result.")
+    num_inference_steps: int = Field(ge=1, le=50)
+    guidance_scale: float = Field(ge=1.0, le=20.0, description="True CFG scale.")
+    seeds: list[int] = Field(
+        min_length=1,
+        max_length=MAX_IMAGES_PER_JOB,
+        description="One seed per image; image i of a request uses seed + i.",
+    )
+    timeout_seconds: float = Field(
+        gt=0, description="Time left for the job when it was sent; past it the worker drops it."
+    )
+
+
+class GeneratedImage(BaseModel):
+    seed: int
+    png_b64: str = Field(description="The PNG file, base64-encoded.")
+
+
+class JobResult(BaseModel):
+    job_id: str
+    images: list[GeneratedImage]
+    queue_seconds: float = Field(description="Time the job waited before it ran.")
+    run_seconds: float = Field(description="Time from start of the job to its last PNG.")
+
+
+class WorkerLoad(BaseModel):
+    """What a worker reports of itself; the router schedules on it."""
+
+    ready: bool = Field(description="Model loaded, warmed up and not draining.")
+    running: int = Field(ge=0, description="Jobs on the GPU now (0 or 1).")
+    waiting: int = Field(ge=0, description="Jobs accepted and waiting for the GPU.")
+    capacity: int = Field(ge=1, description="Running plus waiting jobs the worker accepts.")
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.running - self.waiting)
+
+
+class ErrorBody(BaseModel):
+    """The spec's error shape, used by both services."""
+
+    detail: str

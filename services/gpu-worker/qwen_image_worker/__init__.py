@@ -1,0 +1,1 @@
+"""The gpu-worker: one model copy on one GPU behind a small bounded job API."""

@@ -1,0 +1,1 @@
+"""The worker's internal HTTP API (only the router calls it)."""

@@ -1,0 +1,43 @@
+"""POST a job, wait for its images. A closed connection cancels the job."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from qwen_image_common.contract import JOBS_PATH, JobRequest, JobResult
+
+from qwen_image_worker.api.deps import QueueDep
+from qwen_image_worker.errors import JobCancelled, TaskTimeout
+
+router = APIRouter()
+
+# The job's own deadline stops it on the GPU thread; this margin only covers the hand-off.
+_ANSWER_GRACE_SECONDS = 1.0
+
+
+async def _caller_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body is already read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post(JOBS_PATH)
+async def run_job(body: JobRequest, request: Request, queue: QueueDep) -> JobResult:
+    job = queue.submit(body)
+    gone = asyncio.create_task(_caller_gone(request))
+    try:
+        done, _ = await asyncio.wait(
+            {job.future, gone},
+            timeout=body.timeout_seconds + _ANSWER_GRACE_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        gone.cancel()
+    if job.future in done:
+        return job.future.result()
+    if gone in done:
+        queue.cancel(job, JobCancelled())
+        raise JobCancelled()
+    queue.cancel(job, TaskTimeout())
+    raise TaskTimeout()

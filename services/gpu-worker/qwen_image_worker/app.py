@@ -1,0 +1,94 @@
+"""Builds the worker app and runs it; the model loads in the background after start-up,
+so liveness answers at once and readiness waits for the warm-up image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from qwen_image_common.logs import configure_logging
+from qwen_image_common.serving import GracefulServer
+
+from qwen_image_worker.api.routes import health, jobs
+from qwen_image_worker.engine.generation import Engine, ImageSpec
+from qwen_image_worker.engine.loading import load_pipeline, pick_device
+from qwen_image_worker.errors import install_error_handlers
+from qwen_image_worker.metrics import WorkerMetrics
+from qwen_image_worker.queue import JobQueue
+from qwen_image_worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """`on_fatal` is called when the model cannot be loaded; `run` makes it exit non-zero."""
+
+    def build_engine() -> Engine:
+        device = pick_device(settings.device)
+        pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
+        return Engine(pipe, on_step=metrics.step_duration.observe)
+
+    warmup = ImageSpec(
+        prompt="warm-up",
+        negative_prompt="",
+        width=settings.warmup_size_pixels,
+        height=settings.warmup_size_pixels,
+        num_inference_steps=settings.warmup_steps,
+        guidance_scale=4.0,
+        seed=0,
+    )
+    metrics = WorkerMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        queue = JobQueue(settings.task_queue_size, metrics)
+        app.state.queue = queue
+        app.state.metrics = metrics
+
+        def report(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            logger.critical("the worker cannot start: %s", task.exception())
+            if on_fatal is not None:
+                on_fatal(str(task.exception()))
+
+        startup = asyncio.create_task(queue.start(build_engine, warmup), name="model-load")
+        startup.add_done_callback(report)
+        yield
+        startup.cancel()
+        await queue.stop()
+
+    app = FastAPI(title="qwen-image gpu-worker (internal API)", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def run(settings: WorkerSettings | None = None) -> None:
+    settings = settings or WorkerSettings()
+    configure_logging(settings.log_level, settings.log_format, service="worker")
+    servers: list[GracefulServer] = []
+    app = create_app(settings, on_fatal=lambda _why: servers[0].fail())
+
+    def drain() -> None:
+        queue: JobQueue | None = getattr(app.state, "queue", None)
+        if queue is not None:
+            queue.drain()
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        # uvicorn stops listening at once and waits this long for open job requests.
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
+    )
+    servers.append(GracefulServer(config, on_exit_signal=drain))
+    servers[0].run_and_exit()

@@ -1,0 +1,1 @@
+"""Model loading, the demo model, and generation: everything that touches torch."""

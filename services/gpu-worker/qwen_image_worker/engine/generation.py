@@ -1,0 +1,102 @@
+"""One image from one seed: the only place that calls the pipeline.
+
+Runs on the worker's single GPU thread. Cancellation is cooperative: the pipeline's
+step callback asks `should_stop` after every denoising step and aborts by raising.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import QwenImagePipeline
+from PIL import Image
+
+# diffusers skips true CFG when no negative prompt is given; one space keeps it on, as the
+# Qwen-Image reference code does.
+_EMPTY_NEGATIVE_PROMPT = " "
+
+
+class StopRequested(Exception):
+    """Raised from the step callback when the job's deadline passed or its caller left."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+
+
+class Engine:
+    """Owns the pipeline; call it from one thread only (the pipeline keeps per-call state)."""
+
+    def __init__(
+        self, pipe: QwenImagePipeline, on_step: Callable[[float], None] | None = None
+    ) -> None:
+        self.pipe = pipe
+        self.device = pipe.device
+        self._multiple = pipe.vae_scale_factor * 2
+        self._on_step = on_step
+
+    def generation_size(self, width: int, height: int) -> tuple[int, int]:
+        """The pipeline makes only multiples of 16: generate the next larger one and crop."""
+        return (
+            math.ceil(width / self._multiple) * self._multiple,
+            math.ceil(height / self._multiple) * self._multiple,
+        )
+
+    @torch.inference_mode()
+    def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Image.Image:
+        gen_width, gen_height = self.generation_size(spec.width, spec.height)
+        # A CPU generator gives the same noise on every device, so a seed means one picture.
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        last = time.perf_counter()
+
+        def on_step_end(
+            _pipe: QwenImagePipeline, _i: int, _t: torch.Tensor, kwargs: dict[str, torch.Tensor]
+        ) -> dict[str, torch.Tensor]:
+            nonlocal last
+            now = time.perf_counter()
+            if self._on_step is not None:
+                self._on_step(now - last)
+            last = now
+            if should_stop():
+                raise StopRequested
+            return kwargs
+
+        result = self.pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT,
+            true_cfg_scale=spec.guidance_scale,
+            width=gen_width,
+            height=gen_height,
+            num_inference_steps=spec.num_inference_steps,
+            generator=generator,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        )
+        image: Image.Image = result.images[0]
+        return center_crop(image, spec.width, spec.height)
+
+    def release_memory(self) -> None:
+        """After a failure (say, CUDA out of memory) give back what the failed call held."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    left = (image.width - width) // 2
+    top = (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))

@@ -1,0 +1,260 @@
+"""The bounded job queue in front of the GPU: one running job plus `max_waiting` waiting.
+
+One thread owns the pipeline (CUDA work is serial anyway); the event loop only hands jobs
+to it. PNG encoding runs on other threads, so the GPU thread starts the next job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+from PIL import Image
+from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
+
+from qwen_image_worker.engine.generation import Engine, ImageSpec, StopRequested
+from qwen_image_worker.errors import (
+    InferenceFailed,
+    JobCancelled,
+    NotReady,
+    QueueFull,
+    TaskTimeout,
+    WorkerError,
+)
+from qwen_image_worker.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Job:
+    request: JobRequest
+    deadline: float
+    enqueued_at: float
+    future: asyncio.Future[JobResult]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def should_stop(self) -> bool:
+        """Read by the GPU thread after every denoising step."""
+        return self.cancelled.is_set() or self.expired()
+
+    def image_specs(self) -> list[ImageSpec]:
+        r = self.request
+        return [
+            ImageSpec(
+                prompt=r.prompt,
+                negative_prompt=r.negative_prompt,
+                width=r.width,
+                height=r.height,
+                num_inference_steps=r.num_inference_steps,
+                guidance_scale=r.guidance_scale,
+                seed=seed,
+            )
+            for seed in r.seeds
+        ]
+
+
+def encode_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class JobQueue:
+    """Admits jobs while there is room, runs them in order, and fails each one exactly once."""
+
+    def __init__(self, max_waiting: int, metrics: WorkerMetrics) -> None:
+        self.capacity = 1 + max_waiting
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+        self._engine: Engine | None = None
+        self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
+        self._wakeup = asyncio.Event()
+        self._accepting = False
+        self._consumer: asyncio.Task[None] | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
+        metrics.capacity.set(self.capacity)
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting
+
+    def load(self) -> WorkerLoad:
+        return WorkerLoad(
+            ready=self._accepting,
+            running=0 if self._running is None else 1,
+            waiting=len(self._waiting),
+            capacity=self.capacity,
+        )
+
+    async def on_gpu_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def start(self, build_engine: Callable[[], Engine], warmup: ImageSpec) -> None:
+        """Load the model and make one image on the GPU thread, then accept jobs."""
+        engine = await self.on_gpu_thread(build_engine)
+        started = time.monotonic()
+        await self.on_gpu_thread(lambda: engine.generate(warmup, lambda: False))
+        logger.info(
+            "warm-up image %dx%d, %d steps: %.2f s",
+            warmup.width,
+            warmup.height,
+            warmup.num_inference_steps,
+            time.monotonic() - started,
+        )
+        self._engine = engine
+        self._consumer = asyncio.create_task(self._consume(), name="job-consumer")
+        self._accepting = True
+        self._metrics.ready.set(1)
+        logger.info("ready: accepting jobs (capacity %d)", self.capacity)
+
+    def drain(self) -> None:
+        """Stop taking jobs; those already accepted still run."""
+        if self._accepting:
+            logger.info(
+                "draining: not ready any more; %d running, %d waiting",
+                0 if self._running is None else 1,
+                len(self._waiting),
+            )
+        self._accepting = False
+        self._metrics.ready.set(0)
+
+    def submit(self, request: JobRequest) -> Job:
+        if not self._accepting:
+            raise NotReady("Worker not ready: the model is loading or the worker is draining")
+        if (0 if self._running is None else 1) + len(self._waiting) >= self.capacity:
+            self._metrics.job_failures.labels("queue_full").inc()
+            raise QueueFull
+        now = time.monotonic()
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        # A job whose caller left has nobody to read its error; mark it read.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        job = Job(request, deadline=now + request.timeout_seconds, enqueued_at=now, future=future)
+        self._waiting.append(job)
+        self._metrics.queue_depth.set(len(self._waiting))
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job, error: WorkerError) -> None:
+        """Stop `job` within one denoising step, or drop it if it has not started."""
+        job.cancelled.set()
+        if job in self._waiting:
+            self._waiting.remove(job)
+            self._metrics.queue_depth.set(len(self._waiting))
+            self._fail(job, error)
+
+    async def stop(self) -> None:
+        self.drain()
+        for job in [*self._waiting, *([self._running] if self._running else [])]:
+            job.cancelled.set()
+        if self._consumer is not None:
+            self._consumer.cancel()
+        for job in list(self._waiting):
+            self._fail(job, NotReady("Worker shutting down"))
+        self._waiting.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _consume(self) -> None:
+        while True:
+            while not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            job = self._waiting.popleft()
+            self._metrics.queue_depth.set(len(self._waiting))
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        if job.should_stop():
+            self._fail(job, JobCancelled() if job.cancelled.is_set() else TaskTimeout())
+            return
+        assert self._engine is not None
+        engine = self._engine
+        started = time.monotonic()
+        self._metrics.queue_wait.observe(started - job.enqueued_at)
+        self._running = job
+        self._metrics.busy.set(1)
+        encodes: list[asyncio.Task[str]] = []
+        try:
+            for spec in job.image_specs():
+                image = await self.on_gpu_thread(
+                    lambda spec=spec: engine.generate(spec, job.should_stop)  # type: ignore[misc]
+                )
+                encodes.append(asyncio.create_task(asyncio.to_thread(encode_png, image)))
+        except StopRequested:
+            for task in encodes:
+                task.cancel()
+            self._fail(job, JobCancelled() if job.cancelled.is_set() else TaskTimeout())
+            return
+        except Exception as exc:
+            for task in encodes:
+                task.cancel()
+            logger.exception("job %s failed", job.request.job_id)
+            self._fail(job, InferenceFailed(_describe(exc)))
+            await self.on_gpu_thread(engine.release_memory)
+            return
+        finally:
+            self._running = None
+            self._metrics.busy.set(0)
+        finishing = asyncio.create_task(self._finish(job, encodes, started))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, job: Job, encodes: list[asyncio.Task[str]], started: float) -> None:
+        try:
+            pngs = await asyncio.gather(*encodes)
+        except Exception as exc:
+            logger.exception("job %s: PNG encoding failed", job.request.job_id)
+            self._fail(job, InferenceFailed(f"PNG encoding failed: {exc}"))
+            return
+        finished = time.monotonic()
+        result = JobResult(
+            job_id=job.request.job_id,
+            images=[
+                GeneratedImage(seed=seed, png_b64=png)
+                for seed, png in zip(job.request.seeds, pngs, strict=True)
+            ],
+            queue_seconds=started - job.enqueued_at,
+            run_seconds=finished - started,
+        )
+        self._metrics.job_duration.observe(finished - started)
+        self._metrics.images_generated.inc(len(pngs))
+        logger.info(
+            "job %s done: %d image(s) %dx%d, %d steps, waited %.2f s, ran %.2f s",
+            job.request.job_id,
+            len(pngs),
+            job.request.width,
+            job.request.height,
+            job.request.num_inference_steps,
+            result.queue_seconds,
+            result.run_seconds,
+        )
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _fail(self, job: Job, error: WorkerError) -> None:
+        if job.future.done():
+            return
+        self._metrics.job_failures.labels(error.reason).inc()
+        logger.info("job %s ended: %s", job.request.job_id, error.detail)
+        job.future.set_exception(error)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "GPU out of memory"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,1 @@
+"""The stateless public router: validates OpenAI-style requests and sends jobs to workers."""

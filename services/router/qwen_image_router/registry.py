@@ -1,0 +1,96 @@
+"""The router's view of its workers: who exists (from discovery) and how loaded each is.
+
+Discovery backends replace the endpoint set; the load poller and the request path record
+what they learn. Everything runs on the event loop, so no locks: a backend running in a
+thread hands its updates over with `loop.call_soon_threadsafe(registry.replace, ...)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from qwen_image_common.contract import WorkerLoad
+
+
+@dataclass(frozen=True)
+class WorkerEndpoint:
+    """A worker as discovery sees it: a stable name (pod name or URL) and its base URL."""
+
+    name: str
+    url: str
+
+
+@dataclass
+class WorkerState:
+    """What the router knows of one worker. Mutated only on the event loop."""
+
+    endpoint: WorkerEndpoint
+    load: WorkerLoad | None = None
+    load_at: float | None = None
+    in_flight: int = 0
+    blocked_until: float = 0.0
+    consecutive_failures: int = field(default=0)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+
+class WorkerRegistry:
+    """Holds the current worker set; keeps a worker's state while discovery keeps the worker."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._workers: dict[str, WorkerState] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def replace(self, endpoints: Iterable[WorkerEndpoint]) -> None:
+        """Make `endpoints` the worker set; workers not in it stop receiving jobs at once."""
+        new: dict[str, WorkerState] = {}
+        for endpoint in endpoints:
+            old = self._workers.get(endpoint.name)
+            new[endpoint.name] = (
+                old if old is not None and old.endpoint == endpoint else WorkerState(endpoint)
+            )
+        self._workers = new
+        for listener in self._listeners:
+            listener()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def workers(self) -> list[WorkerState]:
+        return list(self._workers.values())
+
+    def get(self, name: str) -> WorkerState | None:
+        return self._workers.get(name)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def record_load(self, name: str, load: WorkerLoad) -> None:
+        state = self._workers.get(name)
+        if state is None:
+            return
+        state.load = load
+        state.load_at = self._clock()
+        state.blocked_until = 0.0
+        state.consecutive_failures = 0
+
+    def record_unreachable(self, name: str, block_seconds: float) -> None:
+        """A failed poll or send: the worker's load is unknown until it answers again."""
+        state = self._workers.get(name)
+        if state is None:
+            return
+        state.load = None
+        state.load_at = None
+        state.consecutive_failures += 1
+        state.blocked_until = self._clock() + block_seconds
+
+    def record_full(self, name: str, block_seconds: float) -> None:
+        """The worker refused a job as full: skip it until its next report or the block ends."""
+        state = self._workers.get(name)
+        if state is not None:
+            state.blocked_until = self._clock() + block_seconds
