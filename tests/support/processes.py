@@ -20,7 +20,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -89,7 +91,8 @@ def start_worker(tmp_path: Path, name: str = "worker", **env: str) -> tuple[Serv
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     service = Service(
-        ["worker"], {"HOST": "127.0.0.1", "PORT": str(port), "DEVICE": "cpu", **env},
+        ["worker"],
+        {"HOST": "127.0.0.1", "PORT": str(port), "DEVICE": "cpu", **env},
         tmp_path / f"{name}.log",
     ).start()
     try:

@@ -14,7 +14,9 @@ from qwen_image_common.contract import JOBS_PATH, LOAD_PATH, JobResult, WorkerLo
 from support.processes import Service, start_worker, wait_until
 
 
-def body(steps: int = 2, size: int = 64, timeout: float = 60.0, seeds: tuple[int, ...] = (1,)) -> dict:
+def body(
+    steps: int = 2, size: int = 64, timeout: float = 60.0, seeds: tuple[int, ...] = (1,)
+) -> dict:
     return {
         "job_id": "api-test",
         "prompt": "a tram in Lisbon",

@@ -23,7 +23,9 @@ from qwen_image_worker.queue import JobQueue
 from .conftest import spec
 
 
-def job(steps: int = 2, seeds: tuple[int, ...] = (1,), timeout: float = 30.0, size: int = 64) -> JobRequest:
+def job(
+    steps: int = 2, seeds: tuple[int, ...] = (1,), timeout: float = 30.0, size: int = 64
+) -> JobRequest:
     return JobRequest(
         job_id="t",
         prompt="a lighthouse",

@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
-
 from qwen_image_worker.api.routes import health, jobs
+from qwen_image_worker.engine.acceleration import Levers, accelerate
 from qwen_image_worker.engine.generation import Engine, ImageSpec
 from qwen_image_worker.engine.loading import load_pipeline, pick_device
 from qwen_image_worker.errors import install_error_handlers
@@ -31,7 +32,12 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
     def build_engine() -> Engine:
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
-        return Engine(pipe, on_step=metrics.step_duration.observe)
+        levers = accelerate(pipe, Levers.from_settings(settings))
+        return Engine(
+            pipe,
+            on_step=metrics.step_duration.observe,
+            warmup_sizes=settings.warmup_size_list if levers.per_shape else (),
+        )
 
     warmup = ImageSpec(
         prompt="warm-up",

@@ -20,8 +20,8 @@ from typing import TypeVar
 
 import torch
 from PIL import Image
-from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
 
+from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
 from qwen_image_worker.engine.generation import Engine, ImageSpec, StopRequested
 from qwen_image_worker.errors import (
     InferenceFailed,
@@ -106,14 +106,15 @@ class JobQueue:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def start(self, build_engine: Callable[[], Engine], warmup: ImageSpec) -> None:
-        """Load the model and make one image on the GPU thread, then accept jobs."""
+        """Load the model and warm it up on the GPU thread (one image, or one per size when
+        the engine compiles per shape), then accept jobs."""
         engine = await self.on_gpu_thread(build_engine)
         started = time.monotonic()
-        await self.on_gpu_thread(lambda: engine.generate(warmup, lambda: False))
+        sizes = await self.on_gpu_thread(lambda: engine.warm_up(warmup))
         logger.info(
-            "warm-up image %dx%d, %d steps: %.2f s",
-            warmup.width,
-            warmup.height,
+            "warm-up: %d image(s) (%s), %d steps: %.2f s",
+            len(sizes),
+            ", ".join(f"{width}x{height}" for width, height in sizes),
             warmup.num_inference_steps,
             time.monotonic() - started,
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from qwen_image_common.contract import LOAD_PATH, WorkerLoad
 
+from qwen_image_common.contract import LOAD_PATH, WorkerLoad
 from qwen_image_worker.api.deps import MetricsDep, QueueDep
 
 router = APIRouter()

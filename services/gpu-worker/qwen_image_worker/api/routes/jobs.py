@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Request
-from qwen_image_common.contract import JOBS_PATH, JobRequest, JobResult
 
+from qwen_image_common.contract import JOBS_PATH, JobRequest, JobResult
 from qwen_image_worker.api.deps import QueueDep
 from qwen_image_worker.errors import JobCancelled, TaskTimeout
 
@@ -26,9 +27,10 @@ async def _caller_gone(request: Request) -> None:
 async def run_job(body: JobRequest, request: Request, queue: QueueDep) -> JobResult:
     job = queue.submit(body)
     gone = asyncio.create_task(_caller_gone(request))
+    waiters: set[asyncio.Future[Any]] = {job.future, gone}
     try:
         done, _ = await asyncio.wait(
-            {job.future, gone},
+            waiters,
             timeout=body.timeout_seconds + _ANSWER_GRACE_SECONDS,
             return_when=asyncio.FIRST_COMPLETED,
         )

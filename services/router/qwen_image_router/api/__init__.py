@@ -1,0 +1,1 @@
+"""The router's HTTP surface: routes, their dependencies and request-level middleware."""

@@ -1,0 +1,32 @@
+"""GET /images/<file>: the url-format images, only under names the router writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from qwen_image_router.api.deps import RuntimeDep, SettingsDep
+
+router = APIRouter(tags=["images"])
+
+IMAGE_ROUTE_NAME = "get_image"
+
+
+@router.api_route(
+    "/images/{file}", methods=["GET", "HEAD"], name=IMAGE_ROUTE_NAME, response_class=FileResponse
+)
+async def get_image(file: str, settings: SettingsDep, runtime: RuntimeDep) -> FileResponse:
+    path = await asyncio.to_thread(runtime.storage.path_for, file)
+    if path is None:
+        raise HTTPException(status_code=404, detail="Image not found")
+    return FileResponse(
+        path,
+        media_type="image/png",
+        headers={
+            # The name is the capability; shared caches must not keep the image.
+            "cache-control": f"private, max-age={int(settings.image_retention_seconds)}",
+            "x-content-type-options": "nosniff",
+        },
+    )

@@ -1,0 +1,33 @@
+"""Liveness (the spec's /healthz) and readiness (a worker can take jobs)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from qwen_image_router.api.deps import RuntimeDep, SettingsDep
+from qwen_image_router.scheduling.filters import is_fresh, is_ready
+from qwen_image_router.schemas import HealthStatus, ReadyStatus
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz(settings: SettingsDep) -> HealthStatus:
+    """The process serves; says nothing about workers."""
+    return HealthStatus(model=settings.model_name)
+
+
+@router.get("/readyz", response_model=ReadyStatus, responses={503: {"description": "No worker"}})
+async def readyz(settings: SettingsDep, runtime: RuntimeDep) -> ReadyStatus | JSONResponse:
+    """200 once at least one worker's fresh report says ready, else 503."""
+    registry = runtime.registry
+    now = registry.now()
+    ready = sum(
+        1
+        for worker in registry.workers()
+        if is_fresh(worker, now, settings.load_stale_after_seconds) and is_ready(worker)
+    )
+    if ready == 0:
+        return JSONResponse({"detail": "No worker is ready"}, status_code=503)
+    return ReadyStatus(ready_workers=ready)

@@ -1,0 +1,120 @@
+"""POST /v1/images/generations: the OpenAI Images API with the spec's extensions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+
+from qwen_image_common.contract import GeneratedImage
+from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
+from qwen_image_router.api.disconnect import run_until_disconnected
+from qwen_image_router.api.routes.files import IMAGE_ROUTE_NAME
+from qwen_image_router.errors import InferenceFailed, ModelNotAvailable, RouterError, StorageFailed
+from qwen_image_router.generation import Generation
+from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
+from qwen_image_router.settings import RouterSettings
+from qwen_image_router.storage import ImageStorage
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["images"])
+
+GENERATIONS_PATH = "/v1/images/generations"
+
+
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses={
+        400: {"description": "Validation error or unknown model"},
+        500: {"description": "Task queue is full, Task timeout, or Inference failed"},
+    },
+)
+async def create_images(
+    body: ImageGenerationRequest,
+    request: Request,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    runtime: RuntimeDep,
+) -> ImagesResponse:
+    requested = settings.model_name if body.model is None else body.model
+    if requested.casefold() != settings.model_name.casefold():
+        raise ModelNotAvailable(requested)
+
+    started = time.monotonic()
+    request.state.started = started
+    job_id = uuid.uuid4().hex
+    width, height = body.dimensions()
+    outcome, worker = "cancelled", "-"
+    metrics.in_flight.inc()
+    try:
+        generation = await run_until_disconnected(request, runtime.generator.generate(job_id, body))
+        worker = generation.worker
+        data = await _image_data(
+            generation, body.response_format, runtime.storage, settings, request
+        )
+        outcome = "ok"
+    except RouterError as error:
+        outcome = error.reason
+        raise
+    except Exception:
+        outcome = "internal"
+        raise
+    finally:
+        metrics.in_flight.dec()
+        logger.info(
+            "request %s: n=%d size=%dx%d steps=%d worker=%s outcome=%s duration=%.2fs",
+            job_id,
+            body.n,
+            width,
+            height,
+            body.num_inference_steps,
+            worker,
+            outcome,
+            time.monotonic() - started,
+        )
+    metrics.record_request(200, "ok", time.monotonic() - started)
+    return ImagesResponse(created=int(time.time()), data=data)
+
+
+async def _image_data(
+    generation: Generation,
+    response_format: str,
+    storage: ImageStorage,
+    settings: RouterSettings,
+    request: Request,
+) -> list[ImageData]:
+    revised = generation.revised_prompt
+    if response_format == "b64_json":
+        return [
+            ImageData(b64_json=image.png_b64, revised_prompt=revised) for image in generation.images
+        ]
+    names = await asyncio.gather(*(_store(storage, image) for image in generation.images))
+    return [
+        ImageData(url=_image_url(name, settings, request), revised_prompt=revised) for name in names
+    ]
+
+
+async def _store(storage: ImageStorage, image: GeneratedImage) -> str:
+    try:
+        png = base64.b64decode(image.png_b64, validate=True)
+    except binascii.Error:
+        raise InferenceFailed("the worker sent an image that is not base64") from None
+    try:
+        return await storage.save_async(png)
+    except OSError:
+        logger.exception("could not store an image in %s", storage.directory)
+        raise StorageFailed() from None
+
+
+def _image_url(name: str, settings: RouterSettings, request: Request) -> str:
+    if settings.image_download_url_prefix is not None:
+        return f"{settings.image_download_url_prefix}/{name}"
+    return str(request.url_for(IMAGE_ROUTE_NAME, file=name))

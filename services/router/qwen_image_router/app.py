@@ -1,0 +1,174 @@
+"""The router's app factory and entry point.
+
+`create_app` only wires; the lifespan builds what does I/O or runs in the background
+(storage, HTTP client, discovery, load poller, retention) and stops it in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+
+from qwen_image_common.logs import configure_logging
+from qwen_image_common.serving import GracefulServer
+from qwen_image_router.api.auth import ApiKeyMiddleware
+from qwen_image_router.api.body_limit import BodyLimitMiddleware
+from qwen_image_router.api.routes import files, health, images, models
+from qwen_image_router.api.routes import metrics as metrics_routes
+from qwen_image_router.discovery.factory import build_discovery
+from qwen_image_router.dispatch import Dispatcher
+from qwen_image_router.errors import install_error_handlers
+from qwen_image_router.generation import ImageGenerator
+from qwen_image_router.load_poller import LoadPoller
+from qwen_image_router.metrics import RouterMetrics
+from qwen_image_router.prompt_rewrite import build_rewriter
+from qwen_image_router.registry import WorkerRegistry
+from qwen_image_router.runtime import RouterRuntime
+from qwen_image_router.scheduling.balancer import Balancer
+from qwen_image_router.settings import RouterSettings, load_settings
+from qwen_image_router.storage import ImageStorage, RetentionTask, sweep_interval
+from qwen_image_router.worker_client import WorkerClient
+
+logger = logging.getLogger(__name__)
+
+# A load poll is a tiny GET; a worker that takes longer than this is in trouble.
+_POLL_TIMEOUT_SECONDS = 2.0
+# Idle connections to workers are dropped before uvicorn's 5 s keep-alive ends, so a job is
+# never sent on a connection the worker is closing.
+_KEEPALIVE_EXPIRY_SECONDS = 2.0
+
+
+def _worker_http_client() -> httpx.AsyncClient:
+    """No read timeout: a job takes as long as it takes, TASK_TIMEOUT bounds it."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
+        limits=httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=64,
+            keepalive_expiry=_KEEPALIVE_EXPIRY_SECONDS,
+        ),
+        trust_env=False,  # worker traffic never goes through an HTTP proxy
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIterator[RouterRuntime]:
+    """Start every part of the router; stop them in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        storage = ImageStorage(
+            settings.image_output_dir,
+            max_age_seconds=settings.image_retention_seconds,
+            max_total_bytes=settings.image_retention_max_bytes,
+        )
+        await asyncio.to_thread(storage.prepare)
+        retention = RetentionTask(storage, sweep_interval(settings.image_retention_seconds))
+        retention.start()
+        stack.push_async_callback(retention.stop)
+
+        http = await stack.enter_async_context(_worker_http_client())
+        rewriter = build_rewriter(settings, metrics)
+        if rewriter is not None:
+            stack.push_async_callback(rewriter.close)
+
+        registry = WorkerRegistry()
+        discovery = build_discovery(settings)
+        await discovery.start(registry)
+        stack.push_async_callback(discovery.stop)
+
+        block_seconds = settings.load_stale_after_seconds
+        poller = LoadPoller(
+            registry,
+            http,
+            interval=settings.load_poll_interval_seconds,
+            timeout=min(_POLL_TIMEOUT_SECONDS, settings.load_stale_after_seconds),
+            block_seconds=block_seconds,
+        )
+        await poller.start()
+        stack.push_async_callback(poller.stop)
+
+        dispatcher = Dispatcher(
+            registry,
+            Balancer(settings.load_stale_after_seconds),
+            WorkerClient(http, registry, block_seconds),
+            metrics,
+        )
+        generator = ImageGenerator(dispatcher, rewriter, settings.task_timeout_seconds)
+        logger.info(
+            "router serving %s: %d workers known (%s discovery), prompt rewrite %s",
+            settings.model_name,
+            len(registry.workers()),
+            settings.discovery,
+            "on" if rewriter is not None else "off",
+        )
+        yield RouterRuntime(registry=registry, generator=generator, storage=storage)
+
+
+def create_app(settings: RouterSettings) -> FastAPI:
+    """The router app; nothing starts until its lifespan runs."""
+    metrics = RouterMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running(settings, metrics) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(
+        title="Qwen-Image router",
+        summary="OpenAI-compatible Images API in front of Qwen-Image GPU workers.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.started_at = int(time.time())
+
+    def on_answer(request: Request, status: int, reason: str) -> None:
+        if request.url.path != images.GENERATIONS_PATH:
+            return
+        started: float | None = getattr(request.state, "started", None)
+        duration = None if started is None else time.monotonic() - started
+        metrics.record_request(status, reason, duration)
+
+    install_error_handlers(app, on_answer)
+    # Added last runs first: the key is checked before the body is read.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_request_body_bytes,
+        on_reject=lambda request: on_answer(request, 413, "too_large"),
+    )
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=settings.api_keys,
+        on_reject=lambda request: on_answer(request, 401, "unauthorized"),
+    )
+    for module in (health, models, images, files, metrics_routes):
+        app.include_router(module.router)
+    return app
+
+
+def run(settings: RouterSettings | None = None) -> None:
+    """Serve the router until SIGINT/SIGTERM; settings default to the environment.
+
+    On SIGTERM it stops listening and lets the requests in flight finish (they are bounded
+    by TASK_TIMEOUT), then exits 0.
+    """
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format, service="router")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.task_timeout_seconds) + 5,
+    )
+    GracefulServer(config, on_exit_signal=lambda: None).run_and_exit()

@@ -1,0 +1,177 @@
+"""The router's errors, one type per answer of the spec, and the handlers that render them.
+
+Every error leaves as `{"detail": "..."}`. `x-should-retry` tells the openai SDK (which
+retries 5xx by itself) whether a retry can help: only a full queue can clear by waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# Seconds a client should wait after `Task queue is full`: long enough for a worker's
+# queue to move a little, short enough that the SDK's own retries still help.
+RETRY_AFTER_SECONDS = 2
+
+
+class RouterError(Exception):
+    """An answer of the spec; `reason` labels it in metrics and logs."""
+
+    status_code = 500
+    reason = "internal"
+    should_retry = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "true" if self.should_retry else "false"}
+
+
+class ValidationFailed(RouterError):
+    status_code = 400
+    reason = "validation"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"Validation error: {what}")
+
+
+class ModelNotAvailable(RouterError):
+    status_code = 400
+    reason = "model_not_available"
+
+    def __init__(self, requested: str) -> None:
+        super().__init__(f"Model not available: {requested}")
+
+
+class Unauthorized(RouterError):
+    status_code = 401
+    reason = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("Invalid or missing API key")
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "www-authenticate": "Bearer"}
+
+
+class QueueFull(RouterError):
+    """No ready worker has room: answered at once, never queued in the router."""
+
+    reason = "queue_full"
+    should_retry = True
+
+    def __init__(self) -> None:
+        super().__init__("Task queue is full")
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "retry-after": str(RETRY_AFTER_SECONDS)}
+
+
+class TaskTimeout(RouterError):
+    """TASK_TIMEOUT passed; a retry would wait as long again, so the SDK is told not to."""
+
+    reason = "timeout"
+
+    def __init__(self) -> None:
+        super().__init__("Task timeout")
+
+
+class InferenceFailed(RouterError):
+    reason = "inference_failed"
+
+    def __init__(self, why: str) -> None:
+        prefix = "Inference failed: "
+        super().__init__(why if why.startswith(prefix) else prefix + why)
+
+
+class StorageFailed(RouterError):
+    """The images were made but could not be stored for the url format (e.g. disk full)."""
+
+    reason = "storage_failed"
+
+    def __init__(self) -> None:
+        super().__init__("Image storage failed")
+
+
+class ClientClosedRequest(RouterError):
+    """The client went away; the answer is for logs and metrics only (nginx's 499)."""
+
+    status_code = 499
+    reason = "client_closed"
+
+    def __init__(self) -> None:
+        super().__init__("Client closed request")
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """Turn pydantic/FastAPI errors into one line that names each bad field."""
+    parts: list[str] = []
+    for error in errors:
+        kind = error.get("type", "")
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if kind == "json_invalid":
+            parts.append("request body is not valid JSON")
+        elif not loc and kind == "missing":
+            parts.append("request body is required")
+        elif not loc and kind in ("model_attributes_type", "model_type", "dict_type"):
+            parts.append("request body must be a JSON object (Content-Type: application/json)")
+        else:
+            message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+            field = ".".join(loc) if loc else "request"
+            parts.append(f"{field}: {message}")
+    return "; ".join(parts) or "invalid request"
+
+
+def error_response(error: RouterError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": error.detail}, status_code=error.status_code, headers=error.headers()
+    )
+
+
+AnswerHook = Callable[[Request, int, str], None]
+
+
+def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
+    """Render every error in the spec's shape; no 422 ever leaves the router.
+
+    `on_answer(request, status, reason)` sees every error answer, for metrics.
+    """
+
+    async def on_router_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RouterError)
+        on_answer(request, exc.status_code, exc.reason)
+        return error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return await on_router_error(
+            request, ValidationFailed(describe_validation_errors(exc.errors()))
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        headers = dict(exc.headers or {})
+        reason = "http_error"
+        if exc.status_code == 413:
+            headers["x-should-retry"] = "false"
+            reason = "too_large"
+        on_answer(request, exc.status_code, reason)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the exception itself after this answer is sent.
+        on_answer(request, 500, "internal")
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+    app.add_exception_handler(RouterError, on_router_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,73 @@
+"""One generation request from validated input to images: rewrite, seed, dispatch.
+
+TASK_TIMEOUT bounds all of it. When it passes, the dispatch is cancelled, which abandons
+the HTTP request to the worker and so closes its connection: the worker cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from qwen_image_common.contract import GeneratedImage, JobRequest
+from qwen_image_router.dispatch import Dispatcher
+from qwen_image_router.errors import TaskTimeout
+from qwen_image_router.prompt_rewrite import PromptRewriter
+from qwen_image_router.schemas import MAX_SEED, ImageGenerationRequest
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: list[GeneratedImage]
+    worker: str
+    revised_prompt: str | None
+
+
+class ImageGenerator:
+    """Turns a request into one job (all n images together) and runs it in time."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        rewriter: PromptRewriter | None,
+        timeout_seconds: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._rewriter = rewriter
+        self._timeout_seconds = timeout_seconds
+        self._rng = rng or random.Random()
+
+    def choose_seed(self, request: ImageGenerationRequest) -> int:
+        """The request's seed, or a random one whose last image's seed still fits."""
+        if request.seed is not None:
+            return request.seed
+        return self._rng.randint(0, MAX_SEED - request.n + 1)
+
+    async def generate(self, job_id: str, request: ImageGenerationRequest) -> Generation:
+        """Raises QueueFull, TaskTimeout or InferenceFailed."""
+        seed = self.choose_seed(request)
+        width, height = request.dimensions()
+        try:
+            async with asyncio.timeout(self._timeout_seconds) as deadline:
+                revised = None
+                if self._rewriter is not None:
+                    revised = await self._rewriter.rewrite(request.prompt)
+                job = JobRequest(
+                    job_id=job_id,
+                    prompt=revised or request.prompt,
+                    negative_prompt=request.negative_prompt,
+                    width=width,
+                    height=height,
+                    num_inference_steps=request.num_inference_steps,
+                    guidance_scale=request.guidance_scale,
+                    seeds=[seed + i for i in range(request.n)],
+                    timeout_seconds=self._timeout_seconds,
+                )
+                when = deadline.when()
+                assert when is not None
+                dispatched = await self._dispatcher.run(job, when)
+        except TimeoutError:
+            raise TaskTimeout() from None
+        return Generation(dispatched.result.images, dispatched.worker, revised)

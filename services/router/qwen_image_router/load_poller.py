@@ -1,0 +1,78 @@
+"""Keeps every worker's load report fresh by polling GET /internal/v1/load.
+
+All workers are polled at once, each with a short timeout, every interval; a worker that
+does not answer well is recorded unreachable, so its load is unknown until it answers
+again. A change of the worker set triggers a poll at once, so new workers get jobs soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+from pydantic import ValidationError
+
+from qwen_image_common.contract import LOAD_PATH, WorkerLoad
+from qwen_image_router.registry import WorkerRegistry, WorkerState
+
+logger = logging.getLogger(__name__)
+
+
+class LoadPoller:
+    """The background task that feeds worker load into the registry."""
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        http: httpx.AsyncClient,
+        interval: float,
+        timeout: float,
+        block_seconds: float,
+    ) -> None:
+        self._registry = registry
+        self._http = http
+        self._interval = interval
+        self._timeout = timeout
+        self._block_seconds = block_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Poll once, so the router knows its workers before it serves, then keep polling."""
+        self._registry.on_change(self._wake.set)
+        await self.poll_once()
+        self._task = asyncio.create_task(self._run(), name="load-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(worker) for worker in self._registry.workers()))
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            await self.poll_once()
+
+    async def _poll(self, worker: WorkerState) -> None:
+        try:
+            response = await self._http.get(worker.endpoint.url + LOAD_PATH, timeout=self._timeout)
+            response.raise_for_status()
+            load = WorkerLoad.model_validate_json(response.content)
+        except (httpx.HTTPError, ValidationError) as exc:
+            if worker.consecutive_failures == 0:
+                logger.warning("worker %s: load poll failed (%s)", worker.name, type(exc).__name__)
+            self._registry.record_unreachable(worker.name, self._block_seconds)
+            return
+        was_ready = worker.load is not None and worker.load.ready
+        self._registry.record_load(worker.name, load)
+        if load.ready != was_ready:
+            logger.info("worker %s is %s", worker.name, "ready" if load.ready else "not ready")

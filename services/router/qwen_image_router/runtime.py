@@ -1,0 +1,18 @@
+"""Everything the router builds at start-up, in one object the routes are handed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwen_image_router.generation import ImageGenerator
+from qwen_image_router.registry import WorkerRegistry
+from qwen_image_router.storage import ImageStorage
+
+
+@dataclass(frozen=True)
+class RouterRuntime:
+    """Lives from lifespan start to stop; the background tasks it feeds are owned there."""
+
+    registry: WorkerRegistry
+    generator: ImageGenerator
+    storage: ImageStorage

@@ -1,0 +1,21 @@
+"""Scorers rate a candidate from 0 (worst) to 1 (best)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from qwen_image_router.registry import WorkerState
+from qwen_image_router.scheduling.filters import used_slots
+
+
+class WorkerScorer(Protocol):
+    def score(self, worker: WorkerState) -> float: ...
+
+
+class LeastLoadedScorer:
+    """Prefers the worker with the smallest used fraction of its capacity."""
+
+    def score(self, worker: WorkerState) -> float:
+        if worker.load is None:
+            return 0.0
+        return max(0.0, 1.0 - used_slots(worker) / worker.load.capacity)

@@ -1,0 +1,131 @@
+"""The public API's request and response bodies (DESIGN.md §2, the user's spec).
+
+Types are strict: "5" is no integer and `true` no number. Fields this API does not know
+(OpenAI's `quality`, `style`, ...) are accepted and ignored, and `null` means "the
+default", as OpenAI's own API and SDK treat it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from qwen_image_common.contract import MAX_IMAGES_PER_JOB, MAX_PROMPT_CHARS
+
+Size = Literal["256x256", "512x512", "1024x1024"]
+AspectRatio = Literal["1:1", "16:9", "9:16", "4:3", "3:4"]
+
+SIZES: dict[str, tuple[int, int]] = {
+    "256x256": (256, 256),
+    "512x512": (512, 512),
+    "1024x1024": (1024, 1024),
+}
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1": (1328, 1328),
+    "16:9": (1664, 928),
+    "9:16": (928, 1664),
+    "4:3": (1472, 1140),
+    "3:4": (1140, 1472),
+}
+
+# Every image's seed (seed + i) stays a 32-bit unsigned value, which every RNG accepts.
+MAX_SEED = 2**32 - 1
+
+
+class ImageGenerationRequest(BaseModel):
+    """POST /v1/images/generations."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(
+        None, description="Must name the served model (any letter case); default: it."
+    )
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    n: int = Field(1, ge=1, le=MAX_IMAGES_PER_JOB, description="Number of images.")
+    size: Size = "1024x1024"
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    user: str | None = Field(None, description="Caller's end-user id; not used to generate.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Image i uses seed + i; random when absent. seed + n - 1 <= 2**32 - 1.",
+    )
+    guidance_scale: float = Field(4.0, ge=3.0, le=6.0, description="True CFG scale.")
+    num_inference_steps: int = Field(50, ge=1, le=50)
+    aspect_ratio: AspectRatio | None = Field(
+        None, description="Exact output size by ratio; wins over `size`."
+    )
+    # Sent by OpenAI clients; answered only where this API can honour them.
+    stream: bool | None = Field(None, description="Only false: no streaming here.")
+    output_format: Literal["png"] | None = Field(None, description="Only png.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k == "prompt"}
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("must not be empty")
+        return prompt
+
+    @field_validator("seed")
+    @classmethod
+    def _last_seed_fits(cls, seed: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n")
+        if seed is not None and isinstance(n, int) and seed + n - 1 > MAX_SEED:
+            raise ValueError(f"seed + n - 1 must be at most {MAX_SEED}")
+        return seed
+
+    @field_validator("stream")
+    @classmethod
+    def _no_streaming(cls, stream: bool | None) -> bool | None:
+        if stream:
+            raise ValueError("streaming is not supported")
+        return stream
+
+    def dimensions(self) -> tuple[int, int]:
+        """Width and height of every image: the aspect ratio's if given, else the size's."""
+        if self.aspect_ratio is not None:
+            return ASPECT_RATIOS[self.aspect_ratio]
+        return SIZES[self.size]
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
+    url: str | None = Field(None, description="Where the PNG is served (response_format=url).")
+    revised_prompt: str | None = Field(None, description="The prompt after rewriting, if any.")
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(description="Unix time of the answer.")
+    data: list[ImageData]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready"] = "ready"
+    ready_workers: int
