@@ -63,3 +63,13 @@ def test_commands_match_the_chart() -> None:
     skaffold = yaml.safe_load((REPO_ROOT / "skaffold.yaml").read_text())
     assert f"127.0.0.1:{skaffold['portForward'][0]['localPort']}" in DOC
     assert ".venv/bin/python tests/chart/render_k8s_base.py" in DOC
+
+
+def test_readme_section_names_the_chart_files_and_commands() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    for path in re.findall(r"-f (\S+)", section):
+        assert (REPO_ROOT / path).exists(), path
+    assert "helm install qwen-image charts/qwen-image -n qwen-image" in section
+    assert "skaffold dev -p cpu" in section
+    assert "docs/kubernetes.md" in section

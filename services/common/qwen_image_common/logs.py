@@ -35,3 +35,6 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text", service: str
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at info: the router polls each worker's load twice a second.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
