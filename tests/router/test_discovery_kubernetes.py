@@ -7,7 +7,6 @@ loading, bearer-token auth and HTTP stack run; the stub records each request it 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -17,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_api_stub import EndpointSliceApiStub, RecordedRequest, endpoint, endpoint_slice
 
 from qwen_image_router.discovery.kubernetes import KubernetesDiscovery
 from qwen_image_router.registry import WorkerRegistry
+from support.k8s_api_stub import (
+    EndpointSliceApiStub,
+    RecordedRequest,
+    endpoint,
+    endpoint_slice,
+    write_kubeconfig,
+)
 
 NAMESPACE = "workers"
 SERVICE = "qwen-image-worker"
@@ -38,20 +43,7 @@ def api() -> Iterator[EndpointSliceApiStub]:
 
 @pytest.fixture
 def kubeconfig(api: EndpointSliceApiStub, tmp_path: Path) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "stub", "cluster": {"server": api.url}}],
-                "users": [{"name": "router", "user": {"token": api.token}}],
-                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "router"}}],
-                "current-context": "stub",
-            }
-        )
-    )
-    return str(path)
+    return str(write_kubeconfig(api, tmp_path / "kubeconfig"))
 
 
 def discovery_for(kubeconfig: str | None, **tuning: Any) -> KubernetesDiscovery:

@@ -34,6 +34,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -522,3 +523,20 @@ def endpoint_slice(
         "endpoints": [_in_namespace(e, namespace) for e in endpoints] or None,
         "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
     }
+
+
+def write_kubeconfig(stub: EndpointSliceApiStub, path: Path) -> Path:
+    """A kubeconfig that points a real Kubernetes client at `stub`, with its bearer token."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "stub", "cluster": {"server": stub.url}}],
+                "users": [{"name": "router", "user": {"token": stub.token}}],
+                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "router"}}],
+                "current-context": "stub",
+            }
+        )
+    )
+    return path
