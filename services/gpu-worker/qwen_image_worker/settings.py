@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from qwen_image_common.logs import LogFormat
+
+AttentionBackend = Literal["cudnn", "flash", "efficient", "default"]
+CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
+# The sizes the public API serves (DESIGN.md section 2): `size` values and `aspect_ratio`s.
+SERVED_SIZES = "256x256,512x512,1024x1024,1328x1328,1664x928,928x1664,1472x1140,1140x1472"
 
 
 class WorkerSettings(BaseSettings):
@@ -35,9 +42,82 @@ class WorkerSettings(BaseSettings):
         default=256, ge=16, le=2048, description="Side of the warm-up image made before ready."
     )
     warmup_steps: int = Field(default=2, ge=1, le=50, description="Steps of the warm-up image.")
+    warmup_sizes: str = Field(
+        default=SERVED_SIZES,
+        description="Comma-separated WIDTHxHEIGHT sizes also made at start-up when a lever "
+        "compiles or captures per shape, so no request pays for it; default: every size the "
+        "API serves.",
+    )
+    acceleration: bool = Field(
+        default=True,
+        description="Master switch of the GPU speed levers below; false runs stock diffusers "
+        "arithmetic. The levers act on CUDA only.",
+    )
+    attention_backend: AttentionBackend = Field(
+        default="cudnn",
+        description="SDPA kernel tried first in the transformer (the others stay as fallbacks); "
+        "'default' leaves the choice to PyTorch.",
+    )
+    compile_transformer: bool = Field(
+        default=True,
+        description="Regional torch.compile of the transformer blocks, with dynamic shapes so "
+        "one compile serves every size and prompt length.",
+    )
+    compile_mode: CompileMode = Field(
+        default="default", description="torch.compile mode of the compiled parts."
+    )
+    fuse_qkv: bool = Field(
+        default=True,
+        description="One matmul for Q, K and V of each stream instead of three (same weights).",
+    )
+    cuda_graph_max_pixels: int = Field(
+        default=512 * 512,
+        ge=0,
+        description="Replay the transformer forward as a CUDA graph for images of at most "
+        "this many pixels (launch-bound sizes); 0 turns graphs off.",
+    )
+    vae_conv2d: bool = Field(
+        default=True,
+        description="Decode single-frame images with 2-D convolutions: the causal 3-D kernels' "
+        "other time slices only ever meet zero padding.",
+    )
+    vae_channels_last: bool = Field(
+        default=True,
+        description="Channels-last VAE convolution weights: NHWC is what cuDNN's tensor-core "
+        "kernels read natively.",
+    )
+    compile_vae: bool = Field(
+        default=False,
+        description="torch.compile the VAE decoder (dynamic shapes). Off by default: the "
+        "decode is a small part of a job, and compiling it adds to every start-up.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     log_format: LogFormat = Field(default="text", description="text, or json in production.")
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes_parse(cls, value: str) -> str:
+        parse_sizes(value)
+        return value
 
     @property
     def uses_demo_model(self) -> bool:
         return self.model_path.strip().lower() in ("", "demo")
+
+    @property
+    def warmup_size_list(self) -> list[tuple[int, int]]:
+        return parse_sizes(self.warmup_sizes)
+
+
+def parse_sizes(value: str) -> list[tuple[int, int]]:
+    """'256x256, 1664x928' -> [(256, 256), (1664, 928)]; each side 16..2048 pixels."""
+    sizes = []
+    for item in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", item)
+        if match is None:
+            raise ValueError(f"not a WIDTHxHEIGHT size: {item.strip()!r}")
+        width, height = int(match[1]), int(match[2])
+        if not (16 <= width <= 2048 and 16 <= height <= 2048):
+            raise ValueError(f"size {width}x{height}: each side must be 16..2048 pixels")
+        sizes.append((width, height))
+    return sizes

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers import QwenImagePipeline
@@ -40,12 +40,16 @@ class Engine:
     """Owns the pipeline; call it from one thread only (the pipeline keeps per-call state)."""
 
     def __init__(
-        self, pipe: QwenImagePipeline, on_step: Callable[[float], None] | None = None
+        self,
+        pipe: QwenImagePipeline,
+        on_step: Callable[[float], None] | None = None,
+        warmup_sizes: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.pipe = pipe
         self.device = pipe.device
         self._multiple = pipe.vae_scale_factor * 2
         self._on_step = on_step
+        self.warmup_sizes = tuple(warmup_sizes)
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """The pipeline makes only multiples of 16: generate the next larger one and crop."""
@@ -86,6 +90,19 @@ class Engine:
         )
         image: Image.Image = result.images[0]
         return center_crop(image, spec.width, spec.height)
+
+    def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
+        """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares
+        its kernels per shape, and no request should pay for that. Returns the sizes made."""
+        made: list[tuple[int, int]] = []
+        shapes: set[tuple[int, int]] = set()
+        for width, height in [(spec.width, spec.height), *self.warmup_sizes]:
+            if self.generation_size(width, height) in shapes:
+                continue
+            self.generate(replace(spec, width=width, height=height), lambda: False)
+            shapes.add(self.generation_size(width, height))
+            made.append((width, height))
+        return made
 
     def release_memory(self) -> None:
         """After a failure (say, CUDA out of memory) give back what the failed call held."""

@@ -1,0 +1,63 @@
+"""The short table of a gpu_engine.py report; no heavy imports, so it prints in a second.
+
+python benchmarks/summary.py report.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def table(data: dict[str, Any]) -> str:
+    """The short summary printed last."""
+    lines = [f"device: {data['device']}  steps: {data['steps']}  levers: {data.get('levers')}"]
+    header = ("size", "stock s/step", "engine s/step", "stock@50", "engine@50", "speedup")
+    header += ("latents err", "(tolerance)", "pixels err", "(tolerance)")
+    lines.append(" ".join(f"{h:>13}" for h in header))
+    for row in data["rows"]:
+        s, e = row.get("stock", {}), row.get("engine", {})
+        cells = (
+            row["size"],
+            s.get("median_step_s"),
+            e.get("median_step_s"),
+            s.get("extrapolated_50_steps_s"),
+            e.get("extrapolated_50_steps_s"),
+            row.get("speedup"),
+            row.get("latents_rel_error"),
+            row.get("tolerance", {}).get("latents"),
+            row.get("pixels_rel_error"),
+            row.get("tolerance", {}).get("pixels"),
+        )
+        lines.append(" ".join(f"{fmt(c):>13}" for c in cells))
+    for row in data["throughput"]:
+        s, e = row.get("stock", {}), row.get("engine", {})
+        lines.append(
+            f"throughput {row['size']} b{row['batch']}: images/s at 50 steps "
+            f"stock {fmt(s.get('images_per_s_at_50_steps'))} engine "
+            f"{fmt(e.get('images_per_s_at_50_steps'))}"
+        )
+    if "queue" in data:
+        lines.append(f"queue: {data['queue']}")
+    if "startup_warmup" in data:
+        lines.append(f"start-up warm-up: {data['startup_warmup']}")
+    lines.append(
+        f"outputs_match: {data['outputs_match']}  complete: {data['complete']}  "
+        f"errors: {[e['section'] for e in data['errors']]}  skipped: {data['skipped']}"
+    )
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    try:
+        with open(sys.argv[1]) as report:
+            print(table(json.load(report)))
+    except (OSError, ValueError) as exc:
+        print(f"no report: {exc}")

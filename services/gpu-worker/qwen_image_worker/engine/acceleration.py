@@ -1,0 +1,537 @@
+"""The GPU speed levers, applied to a loaded pipeline: stock diffusers' arithmetic, done faster.
+
+Every lever computes the same function as the stock pipeline; only the order of bf16
+rounding changes (see `lossless_tolerance`). Each one is chosen by WorkerSettings and can be
+switched off. They act on CUDA only: on a CPU `accelerate` leaves the pipeline as it
+is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agnostic ones.
+
+The text mask needs no lever: for one prompt the stock pipeline drops an all-ones mask, and
+the engine only ever sends one prompt, so the transformer sees no mask (a mask costs 10-25 %
+per forward and rules out CUDA graphs; DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import QwenImagePipeline
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_qwenimage import (
+    QwenDoubleStreamAttnProcessor2_0,
+    apply_rotary_emb_qwen,
+)
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+# When the levers count as lossless: the `relative_error` of the accelerated output against
+# stock diffusers' (latents, and decoded pixels) is at most `lossless_tolerance(spread)`.
+# bf16 keeps 8 significant bits (unit roundoff 2^-8, about 4e-3): reordering bf16 arithmetic
+# (fused kernels, another attention kernel) moves one forward by about that much, and 50
+# denoising steps carry it to about 1e-2, hence the floor of 3e-2. `spread` is how far stock
+# diffusers moves from itself when only its attention kernel changes (another exact kernel,
+# same weights and seed): random-weight models, the benchmark's and the demo, amplify rounding
+# far more than trained ones (their VAE turns 0.3 % in latents into 2.5 % in pixels, measured
+# on the CPU), so a lever may move the output 3x as far as that. Any real fault (a mask, a
+# wrong CFG branch, a stale graph input, another seed) moves latents by O(1): two seeds' latents
+# are about 1.4 apart.
+LOSSLESS_REL_L2_TOLERANCE = 3e-2
+SPREAD_FACTOR = 3.0
+
+
+def lossless_tolerance(spread: float = 0.0) -> float:
+    return max(LOSSLESS_REL_L2_TOLERANCE, SPREAD_FACTOR * spread)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """||value - reference|| / ||reference - mean(reference)||, in float64.
+
+    Measured against the reference's spread, not its size: pixels sit around mid-grey, and a
+    plain relative L2 would call two unrelated pictures close.
+    """
+    ref = reference.detach().to("cpu", torch.float64)
+    diff = value.detach().to("cpu", torch.float64) - ref
+    return float(diff.norm() / (ref - ref.mean()).norm().clamp_min(1e-30))
+
+
+# Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
+_PIXELS_PER_TOKEN = 16 * 16
+# Runs before a graph capture, on a side stream: they compile, plan the attention kernel and
+# fill diffusers' per-shape RoPE caches, so the capture itself records kernels only.
+_CAPTURE_WARMUP_RUNS = 2
+# Graphs are per (image size, text length, batch); the least recently used beyond this go.
+_MAX_GRAPHS = 64
+
+_SDPA_ORDER: dict[str, list[SDPBackend]] = {
+    "cudnn": [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+    "flash": [
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+    "efficient": [
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.MATH,
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Levers:
+    """Which levers to pull; `from_settings` reads them, `off()` is stock diffusers."""
+
+    attention_backend: AttentionBackend = "default"
+    compile_transformer: bool = False
+    compile_mode: CompileMode = "default"
+    fuse_qkv: bool = False
+    cuda_graph_max_pixels: int = 0
+    vae_conv2d: bool = False
+    vae_channels_last: bool = False
+    compile_vae: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> Levers:
+        if not settings.acceleration:
+            return cls.off()
+        return cls(
+            attention_backend=settings.attention_backend,
+            compile_transformer=settings.compile_transformer,
+            compile_mode=settings.compile_mode,
+            fuse_qkv=settings.fuse_qkv,
+            cuda_graph_max_pixels=settings.cuda_graph_max_pixels,
+            vae_conv2d=settings.vae_conv2d,
+            vae_channels_last=settings.vae_channels_last,
+            compile_vae=settings.compile_vae,
+        )
+
+    @classmethod
+    def off(cls) -> Levers:
+        return cls()
+
+
+@dataclass
+class Accelerated:
+    """What `accelerate` did to a pipeline; `forward` is set when the transformer is wrapped."""
+
+    active: list[str] = field(default_factory=list)
+    forward: AcceleratedForward | None = None
+
+    @property
+    def per_shape(self) -> bool:
+        """True when some lever compiles or captures per image shape: warm every size."""
+        return any(name in self.active for name in ("compile_transformer", "cuda_graphs"))
+
+
+def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = False) -> Accelerated:
+    """Pull `levers` on `pipe` in place, after it was moved to its device (see `fuse_qkv`).
+
+    On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
+    2-D VAE convolutions, channels-last, SDPA order) are pulled and the CUDA-only ones skipped.
+    """
+    done = Accelerated()
+    parts: Any = pipe
+    on_cuda = parts.device.type == "cuda"
+    if not on_cuda and not allow_cpu:
+        logger.info("speed levers off: the model runs on %s", parts.device)
+        return done
+    transformer = parts.transformer
+    if levers.fuse_qkv:
+        fuse_qkv(transformer)
+        done.active.append("fuse_qkv")
+    if levers.vae_conv2d:
+        use_conv2d_for_single_frames(parts.vae)
+        done.active.append("vae_conv2d")
+    if levers.vae_channels_last:
+        to_channels_last(parts.vae)
+        done.active.append("vae_channels_last")
+    mode = None if levers.compile_mode == "default" else levers.compile_mode
+    if on_cuda and levers.compile_transformer:
+        # Dynamic shapes: one compiled block serves every image size and prompt length, so
+        # a prompt of a new length never recompiles inside a request.
+        transformer.compile_repeated_blocks(fullgraph=True, dynamic=True, mode=mode)
+        done.active.append("compile_transformer")
+    if on_cuda and levers.compile_vae:
+        parts.vae.decoder.compile(dynamic=True, mode=mode)
+        done.active.append("compile_vae")
+    graph_pixels = levers.cuda_graph_max_pixels if on_cuda else 0
+    order = _SDPA_ORDER.get(levers.attention_backend)
+    if order is not None or graph_pixels > 0:
+        done.forward = AcceleratedForward(transformer.forward, order, graph_pixels)
+        transformer.forward = done.forward
+        if order is not None:
+            done.active.append(f"attention_{levers.attention_backend}")
+        if graph_pixels > 0:
+            done.active.append("cuda_graphs")
+    logger.info("speed levers on %s: %s", parts.device, ", ".join(done.active) or "none")
+    return done
+
+
+# --- fused QKV -------------------------------------------------------------------------------
+
+
+class FusedQKVAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+    """diffusers' Qwen joint attention with one projection matmul per stream.
+
+    Mirrors `QwenDoubleStreamAttnProcessor2_0.__call__` (diffusers 0.42) step for step; only
+    the Q, K and V projections come from one matmul (`to_qkv`, `to_added_qkv`). Calls with a
+    text mask take the stock path, which still works: the separate projections are views.
+    """
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder_hidden_states is None or encoder_hidden_states_mask is not None:
+            stock: Callable[..., Any] = super().__call__
+            return stock(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                encoder_hidden_states_mask,
+                attention_mask,
+                image_rotary_emb,
+            )
+        if attention_mask is not None:
+            raise ValueError("the joint attention takes no external attention_mask")
+        seq_txt = encoder_hidden_states.shape[1]
+        head_dim = attn.inner_dim // attn.heads
+        img_query, img_key, img_value = (
+            attn.to_qkv(hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(-3)
+        )
+        txt_query, txt_key, txt_value = (
+            attn.to_added_qkv(encoder_hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(-3)
+        )
+        if attn.norm_q is not None:
+            img_query = attn.norm_q(img_query)
+        if attn.norm_k is not None:
+            img_key = attn.norm_k(img_key)
+        if attn.norm_added_q is not None:
+            txt_query = attn.norm_added_q(txt_query)
+        if attn.norm_added_k is not None:
+            txt_key = attn.norm_added_k(txt_key)
+        if image_rotary_emb is not None:
+            img_freqs, txt_freqs = image_rotary_emb
+            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
+            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
+        joint_query = torch.cat([txt_query, img_query], dim=1)
+        joint_key = torch.cat([txt_key, img_key], dim=1)
+        joint_value = torch.cat([txt_value, img_value], dim=1)
+        joint = dispatch_attention_fn(
+            joint_query,
+            joint_key,
+            joint_value,
+            attn_mask=None,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        joint = joint.flatten(2, 3).to(joint_query.dtype)
+        img_out = attn.to_out[0](joint[:, seq_txt:, :].contiguous())
+        if len(attn.to_out) > 1:
+            img_out = attn.to_out[1](img_out)
+        txt_out = attn.to_add_out(joint[:, :seq_txt, :].contiguous())
+        return img_out, txt_out
+
+
+def fuse_qkv(transformer: nn.Module) -> int:
+    """Give every joint attention one Q|K|V matmul per stream; returns how many were fused.
+
+    The fused weights are new tensors and the old projections become views into them, so
+    memory does not grow; a later `.to()` would copy the views apart, hence fuse last.
+    """
+    fused = 0
+    module: Any
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if type(processor) is not QwenDoubleStreamAttnProcessor2_0:
+            continue
+        module.to_qkv = _fuse_linears([module.to_q, module.to_k, module.to_v])
+        module.to_added_qkv = _fuse_linears(
+            [module.add_q_proj, module.add_k_proj, module.add_v_proj]
+        )
+        module.set_processor(FusedQKVAttnProcessor())
+        fused += 1
+    return fused
+
+
+def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
+    first = linears[0]
+    has_bias = all(linear.bias is not None for linear in linears)
+    fused = nn.Linear(
+        first.in_features,
+        sum(linear.out_features for linear in linears),
+        bias=has_bias,
+        device="meta",
+    )
+    grad = first.weight.requires_grad
+    fused.weight = nn.Parameter(
+        torch.cat([linear.weight.detach() for linear in linears]), requires_grad=grad
+    )
+    if has_bias:
+        fused.bias = nn.Parameter(
+            torch.cat([linear.bias.detach() for linear in linears if linear.bias is not None]),
+            requires_grad=grad,
+        )
+    start = 0
+    for linear in linears:
+        end = start + linear.out_features
+        linear.weight = nn.Parameter(fused.weight.detach()[start:end], requires_grad=grad)
+        if has_bias:
+            linear.bias = nn.Parameter(fused.bias.detach()[start:end], requires_grad=grad)
+        start = end
+    return fused
+
+
+# --- VAE -------------------------------------------------------------------------------------
+
+
+def use_conv2d_for_single_frames(vae: nn.Module) -> int:
+    """Route the VAE's causal 3-D convolutions through 2-D ones when they see one frame.
+
+    A text-to-image latent has one frame, and a causal kernel of depth 2p+1 pads it with 2p
+    zero frames in front, so only the kernel's last time slice ever meets data: a 2-D
+    convolution with that slice is the same sum without the zero products (a third of the
+    FLOPs of a 3x3x3 kernel). Returns how many convolutions were rerouted.
+    """
+    count = 0
+    for module in vae.modules():
+        if not isinstance(module, QwenImageCausalConv3d):
+            continue
+        conv: Any = module
+        depth, front = conv.kernel_size[0], conv._padding[4]
+        if depth != front + 1 or conv.stride[0] != 1 or conv.dilation != (1, 1, 1):
+            continue
+        if conv.groups != 1:
+            continue
+        conv.register_buffer(
+            "weight_2d", conv.weight.detach()[:, :, -1].contiguous(), persistent=False
+        )
+        conv.forward = _single_frame_forward(conv, conv.forward)
+        count += 1
+    return count
+
+
+def _single_frame_forward(
+    conv: Any, stock: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
+    pad_w, _, pad_h, _, front, _ = conv._padding
+
+    def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+        # With cached frames in front (videos) the zero-padding argument does not hold.
+        if x.shape[2] != 1 or (cache_x is not None and front > 0):
+            return stock(x, cache_x)
+        out = F.conv2d(
+            x[:, :, 0],
+            conv.weight_2d,
+            conv.bias,
+            stride=conv.stride[1:],
+            padding=(pad_h, pad_w),
+        )
+        return out.unsqueeze(2)
+
+    return forward
+
+
+def to_channels_last(vae: nn.Module) -> None:
+    """Channels-last convolution weights: cuDNN's tensor-core convolutions read NHWC natively,
+    and a convolution whose weight is channels-last hands its layout on to its output."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for tensor in [*vae.parameters(), *vae.buffers()]:
+        if tensor.dim() in formats:
+            tensor.data = tensor.data.contiguous(memory_format=formats[tensor.dim()])
+
+
+# --- the transformer's forward: SDPA order and CUDA graphs -----------------------------------
+
+
+@dataclass
+class GraphStats:
+    captured: int = 0
+    replayed: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    hidden_states: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    timestep: torch.Tensor
+    output: torch.Tensor
+
+
+# The keyword arguments of QwenImageTransformer2DModel.forward (diffusers 0.42); a call with
+# any other, or with one of _UNGRAPHED_ARGS set, runs without a graph.
+_FORWARD_ARGS = {
+    "hidden_states",
+    "encoder_hidden_states",
+    "encoder_hidden_states_mask",
+    "timestep",
+    "img_shapes",
+    "guidance",
+    "attention_kwargs",
+    "controlnet_block_samples",
+    "additional_t_cond",
+    "return_dict",
+}
+_UNGRAPHED_ARGS = (
+    "encoder_hidden_states_mask",
+    "guidance",
+    "controlnet_block_samples",
+    "additional_t_cond",
+)
+
+
+class AcceleratedForward:
+    """Stands in for `transformer.forward`: sets the SDPA kernel order around each call, and
+    replays a CUDA graph of the whole forward for small images (DESIGN.md: at 512x512 a graph
+    runs 3.4x faster than eager launches).
+
+    A graph is captured per (image shape, text length, batch) on first use, into one memory
+    pool that all graphs share (they never run at the same time); the first use of a new
+    prompt length at a small size pays for a capture (three forwards). Only calls it can
+    replay exactly take the graph path: no text mask, no guidance, no ControlNet, inference
+    mode. If a capture fails, graphs are switched off and every call runs without one.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[..., Any],
+        sdpa_order: list[SDPBackend] | None,
+        graph_max_pixels: int,
+    ) -> None:
+        self._forward = forward
+        self._sdpa_order = sdpa_order
+        self._graph_max_tokens = graph_max_pixels // _PIXELS_PER_TOKEN
+        self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
+        self._pool: Any = None
+        self.stats = GraphStats()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._sdpa():
+            key = None if args else self._graph_key(kwargs)
+            if key is None:
+                return self._forward(*args, **kwargs)
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(key, kwargs)
+                if entry is None:
+                    return self._forward(**kwargs)
+            self._graphs.move_to_end(key)
+            entry.hidden_states.copy_(kwargs["hidden_states"])
+            entry.encoder_hidden_states.copy_(kwargs["encoder_hidden_states"])
+            entry.timestep.copy_(kwargs["timestep"])
+            entry.graph.replay()
+            self.stats.replayed += 1
+            # The graph's output buffer is rewritten by the next replay: hand out a copy.
+            out = entry.output.clone()
+        if kwargs.get("return_dict", True):
+            return Transformer2DModelOutput(sample=out)
+        return (out,)
+
+    def _sdpa(self) -> contextlib.AbstractContextManager[None]:
+        if self._sdpa_order is None:
+            return contextlib.nullcontext()
+        return sdpa_kernel(self._sdpa_order, set_priority=True)
+
+    def _graph_key(self, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The graph's identity for a call it can replay exactly, else None."""
+        hidden = kwargs.get("hidden_states")
+        text = kwargs.get("encoder_hidden_states")
+        timestep = kwargs.get("timestep")
+        if self._graph_max_tokens <= 0 or set(kwargs) - _FORWARD_ARGS:
+            return None
+        if not (
+            isinstance(hidden, torch.Tensor)
+            and isinstance(text, torch.Tensor)
+            and isinstance(timestep, torch.Tensor)
+        ):
+            return None
+        if any(kwargs.get(name) is not None for name in _UNGRAPHED_ARGS):
+            return None
+        if kwargs.get("attention_kwargs") or not hidden.is_cuda:
+            return None
+        if hidden.shape[1] > self._graph_max_tokens or not torch.is_inference_mode_enabled():
+            return None
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        return (
+            tuple(hidden.shape),
+            tuple(text.shape),
+            tuple(timestep.shape),
+            hidden.dtype,
+            text.dtype,
+            timestep.dtype,
+            repr(kwargs.get("img_shapes")),
+        )
+
+    def _capture(self, key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Graph | None:
+        static = {
+            "hidden_states": kwargs["hidden_states"].clone(),
+            "encoder_hidden_states": kwargs["encoder_hidden_states"].clone(),
+            "timestep": kwargs["timestep"].clone(),
+            "img_shapes": kwargs.get("img_shapes"),
+            "return_dict": False,
+        }
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(_CAPTURE_WARMUP_RUNS):
+                    self._forward(**static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                output = self._forward(**static)[0]
+        except Exception:
+            # A failed capture is about the model or the kernels, not this shape: stop trying.
+            logger.warning(
+                "CUDA graph capture failed for %s; CUDA graphs are off from now on",
+                key[:3],
+                exc_info=True,
+            )
+            self._graph_max_tokens = 0
+            self.stats.failed += 1
+            return None
+        entry = _Graph(
+            graph,
+            static["hidden_states"],
+            static["encoder_hidden_states"],
+            static["timestep"],
+            output,
+        )
+        self._graphs[key] = entry
+        self.stats.captured += 1
+        while len(self._graphs) > _MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return entry

@@ -1,0 +1,248 @@
+"""The speed levers on the CPU: off by default, and where they can run here, the same function."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import QwenImageTransformer2DModel
+from pydantic import ValidationError
+
+from qwen_image_worker.engine.acceleration import (
+    LOSSLESS_REL_L2_TOLERANCE,
+    AcceleratedForward,
+    FusedQKVAttnProcessor,
+    Levers,
+    accelerate,
+    fuse_qkv,
+    relative_error,
+    use_conv2d_for_single_frames,
+)
+from qwen_image_worker.engine.demo_model import build_demo_pipeline
+from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.loading import load_pipeline
+from qwen_image_worker.settings import WorkerSettings
+
+from .conftest import spec
+
+
+def rel_l2(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    return relative_error(torch.tensor(np.asarray(a)), torch.tensor(np.asarray(b)))
+
+
+def small_transformer() -> QwenImageTransformer2DModel:
+    """Several heads and layers, unlike the demo model's one, so head splits are exercised."""
+    torch.manual_seed(0)
+    return QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()
+
+
+def forward_inputs(tokens_h: int, tokens_w: int, text: int) -> dict[str, object]:
+    return {
+        "hidden_states": torch.randn(2, tokens_h * tokens_w, 16),
+        "encoder_hidden_states": torch.randn(2, text, 16),
+        "timestep": torch.full((2,), 0.5),
+        "img_shapes": [[(1, tokens_h, tokens_w)]] * 2,
+        "return_dict": False,
+    }
+
+
+def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    levers = Levers.from_settings(WorkerSettings())
+    assert levers.attention_backend == "cudnn"
+    assert levers.compile_transformer and levers.fuse_qkv
+    assert levers.cuda_graph_max_pixels == 512 * 512
+    assert levers.vae_conv2d and levers.vae_channels_last
+    assert not levers.compile_vae
+    monkeypatch.setenv("ACCELERATION", "false")
+    assert Levers.from_settings(WorkerSettings()) == Levers.off()
+
+
+def test_each_lever_is_read_from_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "ATTENTION_BACKEND": "flash",
+        "COMPILE_TRANSFORMER": "false",
+        "COMPILE_MODE": "max-autotune-no-cudagraphs",
+        "FUSE_QKV": "false",
+        "CUDA_GRAPH_MAX_PIXELS": "0",
+        "VAE_CONV2D": "false",
+        "VAE_CHANNELS_LAST": "false",
+        "COMPILE_VAE": "true",
+        "WARMUP_SIZES": "512x512, 1664x928",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = WorkerSettings()
+    assert Levers.from_settings(settings) == Levers(
+        attention_backend="flash",
+        compile_transformer=False,
+        compile_mode="max-autotune-no-cudagraphs",
+        fuse_qkv=False,
+        cuda_graph_max_pixels=0,
+        vae_conv2d=False,
+        vae_channels_last=False,
+        compile_vae=True,
+    )
+    assert settings.warmup_size_list == [(512, 512), (1664, 928)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("warmup_sizes", "512", "not a WIDTHxHEIGHT size: '512'"),
+        ("warmup_sizes", "512x512,4096x512", "each side must be 16..2048"),
+        ("attention_backend", "sage", "attention_backend"),
+        ("compile_mode", "reduce-overhead", "compile_mode"),
+        ("cuda_graph_max_pixels", -1, "cuda_graph_max_pixels"),
+    ],
+)
+def test_bad_lever_settings_fail_at_start_up_naming_the_field(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        WorkerSettings(**{field: value})
+    assert field in str(caught.value)
+
+
+def test_the_served_sizes_are_warmed_by_default() -> None:
+    assert WorkerSettings().warmup_size_list == [
+        (256, 256),
+        (512, 512),
+        (1024, 1024),
+        (1328, 1328),
+        (1664, 928),
+        (928, 1664),
+        (1472, 1140),
+        (1140, 1472),
+    ]
+
+
+def test_on_the_cpu_the_default_levers_leave_the_pipeline_untouched() -> None:
+    pipe = load_pipeline(None, torch.device("cpu"))
+    plain = load_pipeline(None, torch.device("cpu"))
+    forward = pipe.transformer.forward
+    done = accelerate(pipe, Levers.from_settings(WorkerSettings()))
+    assert done.active == [] and done.forward is None and not done.per_shape
+    assert pipe.transformer.forward == forward
+    assert not any(
+        isinstance(p, FusedQKVAttnProcessor) for p in pipe.transformer.attn_processors.values()
+    )
+    job = spec(seed=5)
+    ours = np.asarray(Engine(pipe).generate(job, lambda: False))
+    theirs = np.asarray(Engine(plain).generate(job, lambda: False))
+    assert np.array_equal(ours, theirs)
+
+
+def storage_bytes(module: torch.nn.Module) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage() for p in module.parameters()}
+    return sum(storage.nbytes() for storage in storages.values())
+
+
+def test_fused_qkv_computes_the_stock_function_without_new_memory() -> None:
+    transformer = small_transformer()
+    inputs = forward_inputs(8, 8, 7)
+    before = storage_bytes(transformer)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        assert fuse_qkv(transformer) == 2
+        fused = transformer(**inputs)[0]
+        masked = transformer(**inputs, encoder_hidden_states_mask=torch.ones(2, 7))[0]
+    assert rel_l2(fused, stock) < 1e-6
+    assert rel_l2(masked, stock) < 1e-6  # the masked call takes the stock path, on views
+    attn = transformer.transformer_blocks[0].attn
+    assert attn.to_v.weight.untyped_storage().data_ptr() == (
+        attn.to_qkv.weight.untyped_storage().data_ptr()
+    )
+    assert storage_bytes(transformer) == before
+
+
+def test_the_fused_block_compiles_once_for_every_image_size_and_text_length() -> None:
+    """No request pays for compilation: dynamic shapes cover new prompt lengths and sizes."""
+    torch._dynamo.reset()
+    transformer = small_transformer()
+    fuse_qkv(transformer)
+    # Sizes that equal no model width: dynamo would tie equal sizes to one symbol.
+    first = forward_inputs(5, 7, 9)
+    with torch.no_grad():
+        eager = transformer(**first)[0]
+        for block in transformer.transformer_blocks:
+            block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
+        torch._dynamo.utils.counters.clear()
+        compiled = transformer(**first)[0]
+        transformer(**forward_inputs(6, 7, 11))
+        transformer(**forward_inputs(3, 10, 23))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert rel_l2(compiled, eager) < 1e-6
+    torch._dynamo.reset()
+
+
+def test_vae_single_frame_conv2d_decodes_the_same_image() -> None:
+    vae = build_demo_pipeline().vae.eval()
+    latents = torch.randn(1, 4, 1, 12, 10)
+    with torch.no_grad():
+        stock = vae.decode(latents).sample
+        assert use_conv2d_for_single_frames(vae) > 10
+        fast = vae.decode(latents).sample
+    assert fast.shape == stock.shape
+    assert rel_l2(fast, stock) < 1e-5
+
+
+def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
+    """What --tiny benchmarks: fused QKV, 2-D VAE convolutions, channels-last, SDPA order."""
+    pipe = load_pipeline(None, torch.device("cpu"))
+    plain = load_pipeline(None, torch.device("cpu"))
+    done = accelerate(pipe, Levers.from_settings(WorkerSettings()), allow_cpu=True)
+    assert done.active == ["fuse_qkv", "vae_conv2d", "vae_channels_last", "attention_cudnn"]
+    assert not done.per_shape  # nothing compiles or captures on a CPU
+    assert isinstance(pipe.transformer.forward, AcceleratedForward)
+    job = spec(seed=9, width=72, height=40)
+    ours = np.asarray(Engine(pipe).generate(job, lambda: False))
+    theirs = np.asarray(Engine(plain).generate(job, lambda: False))
+    other = np.asarray(Engine(plain).generate(spec(seed=10, width=72, height=40), lambda: False))
+    assert ours.shape == (40, 72, 3)
+    assert rel_l2(ours, theirs) < 1e-3
+    assert rel_l2(other, theirs) > 5 * LOSSLESS_REL_L2_TOLERANCE  # a seed apart
+    assert done.forward is not None and done.forward.stats.replayed == 0
+
+
+def test_the_engine_never_hands_the_transformer_a_text_mask(engine: Engine) -> None:
+    masks: list[object] = []
+
+    def record(_module: object, _args: object, kwargs: dict[str, object]) -> None:
+        masks.append(kwargs.get("encoder_hidden_states_mask"))
+
+    handle = engine.pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        for prompt, negative in [("a fox", ""), ("一只猫 in the rain", "blurry, low quality")]:
+            engine.generate(spec(prompt=prompt, negative_prompt=negative), lambda: False)
+    finally:
+        handle.remove()
+    assert len(masks) == 2 * 2 * 3 and all(mask is None for mask in masks)
+
+
+def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:
+    sizes = [(72, 40), (80, 48), (64, 64), (96, 96)]
+    warming = Engine(engine.pipe, warmup_sizes=sizes)
+    made: list[tuple[int, int]] = []
+    handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
+        lambda _m, args: made.append(tuple(args[0].shape[-2:]))
+    )
+    try:
+        done = warming.warm_up(spec(num_inference_steps=1))
+    finally:
+        handle.remove()
+    # 72x40 is generated as 80x48, and the base image is 64x64: each shape once.
+    assert done == [(64, 64), (72, 40), (96, 96)]
+    assert made == [(8, 8), (6, 10), (12, 12)]
+    assert Engine(engine.pipe).warm_up(spec(num_inference_steps=1)) == [(64, 64)]

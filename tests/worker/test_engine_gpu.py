@@ -1,0 +1,164 @@
+"""The engine with every default speed lever pulled, on a CUDA GPU (the demo model in bf16).
+
+Selected with `-m gpu` on the GPU machine; a CPU run deselects them (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from qwen_image_worker.engine.acceleration import (
+    Accelerated,
+    Levers,
+    accelerate,
+    lossless_tolerance,
+    relative_error,
+)
+from qwen_image_worker.engine.generation import Engine, StopRequested
+from qwen_image_worker.engine.loading import load_pipeline
+from qwen_image_worker.settings import WorkerSettings
+
+from .conftest import spec
+
+pytestmark = pytest.mark.gpu
+
+GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
+COMPILED = (1024, 576)  # larger: compiled blocks, no graph
+
+
+@pytest.fixture(scope="module")
+def cuda() -> torch.device:
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+    return torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def plain(cuda: torch.device) -> Engine:
+    return Engine(load_pipeline(None, cuda))
+
+
+@pytest.fixture(scope="module")
+def fast(cuda: torch.device) -> tuple[Engine, Accelerated]:
+    pipe = load_pipeline(None, cuda)
+    done = accelerate(pipe, Levers.from_settings(WorkerSettings.model_construct()))
+    engine = Engine(pipe, warmup_sizes=[(512, 512), COMPILED])
+    engine.warm_up(spec(prompt="warm-up", width=GRAPHED[0], height=GRAPHED[1]))
+    return engine, done
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
+    """The VAE's input latents and output pixels (floats) of the images made inside."""
+    seen: dict[str, torch.Tensor] = {}
+    vae = engine.pipe.vae
+    handles = [
+        vae.post_quant_conv.register_forward_pre_hook(
+            lambda _m, args: seen.__setitem__("latents", args[0].float().cpu())
+        ),
+        vae.decoder.register_forward_hook(
+            lambda _m, _a, out: seen.__setitem__("pixels", out.float().cpu())
+        ),
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_every_default_lever_is_pulled_on_cuda(fast: tuple[Engine, Accelerated]) -> None:
+    _, done = fast
+    assert done.active == [
+        "fuse_qkv",
+        "vae_conv2d",
+        "vae_channels_last",
+        "compile_transformer",
+        "attention_cudnn",
+        "cuda_graphs",
+    ]
+    assert done.per_shape and done.forward is not None
+
+
+@pytest.mark.parametrize("size", [GRAPHED, COMPILED])
+def test_same_seed_same_pixels_and_another_seed_not(
+    fast: tuple[Engine, Accelerated], size: tuple[int, int]
+) -> None:
+    engine, done = fast
+    assert done.forward is not None
+    replayed = done.forward.stats.replayed
+    job = spec(seed=3, width=size[0], height=size[1])
+    first = np.asarray(engine.generate(job, lambda: False))
+    again = np.asarray(engine.generate(job, lambda: False))
+    other = np.asarray(engine.generate(spec(seed=4, width=size[0], height=size[1]), lambda: False))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    graphed = done.forward.stats.replayed - replayed
+    # 3 images x 3 steps x (cond + uncond) forwards, all replayed for the small size only.
+    assert graphed == (18 if size == GRAPHED else 0)
+    assert done.forward.stats.failed == 0
+
+
+@pytest.mark.parametrize(("width", "height"), [(1140, 64), (64, 1140), (72, 40)])
+def test_sizes_off_the_16_grid_are_cropped_exactly(
+    fast: tuple[Engine, Accelerated], width: int, height: int
+) -> None:
+    engine, _ = fast
+    job = spec(width=width, height=height, num_inference_steps=1)
+    assert engine.generate(job, lambda: False).size == (width, height)
+
+
+def test_stop_is_honoured_within_one_step(fast: tuple[Engine, Accelerated]) -> None:
+    engine, _ = fast
+    asked = 0
+
+    def stop_after_two() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked >= 2
+
+    with pytest.raises(StopRequested):
+        engine.generate(spec(num_inference_steps=20), stop_after_two)
+    assert asked == 2
+
+
+@pytest.mark.parametrize("size", [GRAPHED, (512, 512), COMPILED])
+def test_latents_and_pixels_match_the_levers_off_engine(
+    fast: tuple[Engine, Accelerated], plain: Engine, size: tuple[int, int]
+) -> None:
+    engine, _ = fast
+    job = spec(seed=21, width=size[0], height=size[1], num_inference_steps=8)
+    with captured(engine) as ours:
+        engine.generate(job, lambda: False)
+    with captured(plain) as stock:
+        plain.generate(job, lambda: False)
+    with captured(plain) as other_kernel, sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+        plain.generate(job, lambda: False)
+    with captured(plain) as other_seed:
+        plain.generate(replace(job, seed=22), lambda: False)
+    for name in ("latents", "pixels"):
+        spread = relative_error(other_kernel[name], stock[name])
+        assert relative_error(ours[name], stock[name]) <= lossless_tolerance(spread), name
+    # The tolerance separates: another seed is far outside it.
+    assert relative_error(other_seed["latents"], stock["latents"]) > 5 * lossless_tolerance()
+
+
+def test_after_warm_up_new_prompt_lengths_and_sizes_compile_nothing(
+    fast: tuple[Engine, Accelerated],
+) -> None:
+    engine, _ = fast
+    compiled = counters["stats"]["unique_graphs"]
+    for prompt, size in [
+        ("a much longer prompt than any this engine has seen so far, about a harbour", GRAPHED),
+        ("short", COMPILED),
+        ("a prompt of another length at the middle size", (512, 512)),
+    ]:
+        engine.generate(spec(prompt=prompt, width=size[0], height=size[1]), lambda: False)
+    assert counters["stats"]["unique_graphs"] == compiled
