@@ -59,9 +59,11 @@ def test_timeout_answers_task_timeout_and_frees_the_worker(tmp_path: Path) -> No
         assert answer.status_code == 500
         assert answer.json() == {"detail": "Task timeout"}
         worker = stack.worker_urls[0]
+        # The job (4 images of 50 steps) needs over 10 s; it stops within a step instead.
+        # 5 s leaves room for a loaded CI machine.
         wait_until(
             lambda: httpx.get(worker + "/internal/v1/load").json()["running"] == 0,
-            2,
+            5,
             "the worker to drop the timed-out job",
         )
         quick = post(stack, prompt="quick", size="256x256", num_inference_steps=2)
