@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
-# Issue 5's one device run, on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there):
-# the GPU tests, then stock diffusers against the worker's engine. Everything lands in $OUT
-# (6 files); a short summary table is printed last. Finishes inside 9 minutes: the benchmark
-# is given what is left as a budget, skips sections that would start too late, and is killed
-# 10 s before the end if it still runs (its JSON report is rewritten after every section).
+# Issue 5, round 2: one device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there):
+# the GPU tests, then stock diffusers against the worker's engine and its variants: the
+# lossless defaults, the step cache, FP8, both, and max-autotune. Everything lands in $OUT
+# (6 files); the summary tables are printed last. Ends within DEADLINE (490 s, 8 min 10 s):
+# the benchmark gets what is left as a budget, skips sections that would start too late,
+# and is killed 10 s before the end if it still runs (its JSON is rewritten after every
+# section, so a cut leaves everything measured before it).
 #
-# How to call it (device tool `run`): carry [".whl"], timeout_s 600, kind nvidia-h200,
+# How to call it (device tool `run`): carry [".whl"], timeout_s 560, kind nvidia-h200,
 #   command: bash benchmarks/device_run.sh
 # .whl/ holds diffusers 0.42.1, transformers 5.24.0 (what the demo model is tested with),
 # pydantic, pydantic-core, pydantic-settings, fastapi, starlette, opentelemetry-api and
 # their missing needs (annotated-types, typing-inspection, typing-extensions, python-dotenv,
-# regex), made with the pip download command of /work/.library/device/README.md.
+# regex), made with the pip download command of /work/.library/device/README.md. Round 2
+# needs no new wheel: FP8 is torch._scaled_mm, the step cache is this project's own.
 #
-# Time estimates from DESIGN.md section 6 (H200, bf16, true CFG; s/step = two forwards):
-#   wheels install and an import check ............................... ~20 s
-#   pytest tests/worker -m gpu: demo model, one tiny block compiled twice ~60-90 s (cap 150)
-#   benchmark, --steps 20:
-#     import, 20B random weights built on the GPU ..................... ~30 s
-#     stock 1328/1024/512: 20 x (0.608 + 0.368 + 0.340) s + warm-ups ... ~30 s
-#     stock's spread runs (efficient SDPA, 0.448/0.227/0.168 s a forward) ~35 s
-#     stock throughput 512 and 256, batches 1,2,4,8, 8 steps ........... ~30 s
-#     levers + start-up warm-up of the 8 served sizes (one compile) .... ~90-150 s
-#     engine 1328/1024/512 at 20 steps (0.246/0.133/~0.05 s a forward) . ~20 s
-#     engine throughput (one recompile for batch > 1) .................. ~60 s
-#     full queue, 8 jobs of 512x512 at 10 steps ........................ ~10 s
-#   total about 6.5-8 minutes; compile time is the unknown, hence the budget.
+# Time estimates, from round 1's H200 report (benchmarks/results/gpu_engine-h200-2026-11-26.json:
+# build 0.8 s; s/step stock 0.618/0.353/0.251, engine 0.500/0.276/0.076 at 1328/1024/512;
+# warm-up of 8 sizes with the first compile 22 s; gpu tests 27 s) and DESIGN.md section 6
+# (efficient SDPA 1.45x cuDNN's time at 1328):
+#   wheels install and the import / FP8 check ......................... ~25 s
+#   pytest tests/worker -m gpu: round 1's 27 s, plus the fast modes (a 4-block demo model;
+#     one more inductor compile, of the FP8 block) ~45 s ........................ ~75 s (cap 150)
+#   benchmark, --steps 12, sizes 1328/1024/512, no throughput or queue runs:
+#     imports, CUDA start, the 20B random model built ........................... ~17 s
+#     stock: warm-up 2 + 12 steps + 12-step spread run (efficient SDPA) ......... ~40 s
+#     lossless: build, warm-up of 3 sizes (first compile, graphs), 3 rows, probe  ~35 s
+#     cache-0.1, cache-0.2: no recompile, graphs off, <= 12 x 0.85 s of steps ... ~15 s each
+#     fp8: build, quantise 20B, warm-up (a second compile), 3 rows ............. ~30 s
+#     fp8+cache-0.1 and fp8-all-blocks: the FP8 block is compiled already ....... ~15 s each
+#     fp8-tensor: another compile (one scale per matrix), 3 rows ................ ~30 s
+#     autotune (last: dynamo reset, max-autotune compile of a fresh block) ...... 60-180 s
+#   total about 6.5 min without autotune's compile; autotune gets what is left, and the
+#   budget stops it from starting late (it is last, so a cut loses only it).
 set -uo pipefail
-DEADLINE=530  # seconds after start by which everything must have ended (9 min = 540)
+DEADLINE=490  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
+VARIANTS=lossless,cache-0.1,cache-0.2,fp8,fp8+cache-0.1,fp8-tensor,fp8-all-blocks,autotune
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -42,9 +51,17 @@ print(sys.version); print('torch', torch.__version__, torch.version.cuda)
 print('diffusers', diffusers.__version__, 'transformers', transformers.__version__)
 print('pydantic', pydantic.__version__, 'fastapi', fastapi.__version__)
 import qwen_image_worker.queue, qwen_image_worker.engine.acceleration
-print('worker imports ok; device', torch.cuda.get_device_name())"
+from qwen_image_worker.engine.fp8 import Fp8Linear
+print('worker imports ok; device', torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+print('recompile_limit', getattr(torch._dynamo.config, 'recompile_limit', 'absent'))
+linear = torch.nn.Linear(3072, 3072).cuda().bfloat16()
+x = torch.randn(6889, 3072, device='cuda', dtype=torch.bfloat16)
+for rowwise in (True, False):
+    out = Fp8Linear.from_linear(linear, rowwise)(x)
+    err = ((out.float() - linear(x).float()).norm() / linear(x).float().norm()).item()
+    print('fp8 rowwise' if rowwise else 'fp8 tensorwise', 'rel. error vs bf16', round(err, 4))"
 } >"$OUT/env.txt" 2>&1
-tail -3 "$OUT/env.txt"
+tail -6 "$OUT/env.txt"
 
 left() { echo $((DEADLINE - SECONDS)); }
 
@@ -55,11 +72,13 @@ echo "gpu tests: exit $? after ${SECONDS} s"
 nvidia-smi dmon -s u -d 1 >"$OUT/dmon.txt" 2>&1 &
 DMON=$!
 # Sections may not start later than this (counted from the benchmark's start, after its
-# ~15 s of imports); the longest one (a compile, or a batch recompile) runs ~100 s more.
-BUDGET=$(($(left) - 130))
+# ~15 s of imports); the longest one that is not last (a compile) runs ~40 s more.
+BUDGET=$(($(left) - 70))
 if [ "$BUDGET" -gt 60 ]; then
-    timeout $(($(left) - 10)) python3 benchmarks/gpu_engine.py --steps 20 \
-        --budget-s "$BUDGET" --out "$OUT/gpu_engine.json" >"$OUT/gpu_engine.log" 2>&1
+    timeout $(($(left) - 10)) python3 benchmarks/gpu_engine.py --steps 12 \
+        --variants "$VARIANTS" --warmup-sizes 1328x1328,1024x1024,512x512 \
+        --no-throughput --no-queue --budget-s "$BUDGET" \
+        --out "$OUT/gpu_engine.json" >"$OUT/gpu_engine.log" 2>&1
     echo "benchmark: exit $? after ${SECONDS} s (budget ${BUDGET} s)"
 else
     echo "benchmark: not started, only $(left) s left"

@@ -5,22 +5,29 @@ weights, directly on the GPU (no download; the same arithmetic as the real model
 text encoder of the real width (3584) but one layer and a byte-level tokenizer: text
 encoding is not what is timed, and this one keeps prompts real strings of real length.
 
-Order (one copy of the weights, so it fits an 80 GB card): every stock measurement first,
-then the levers are pulled on the same modules (`accelerate`, then the worker's start-up
-warm-up of every served size, timed), then the engine's. Per size: an untimed warm-up call,
-then a timed one at --steps, true CFG 4.0, the same seed for both. Both sides' outputs are
-captured inside the VAE (latents in, pixels out, as floats) and compared by `relative_error`
-within `lossless_tolerance` (acceleration.py), whose spread is stock run once more under
-another exact attention kernel. Then images per second by batch size (one pipeline call per
-batch of equal-length prompts), and the real JobQueue under a full queue (busy fraction).
+Order (one copy of the weights at a time, so it fits an 80 GB card): every stock measurement
+first; then, for each engine variant of --variants, the model is built again from the same
+seed (the same weights), the variant's levers are pulled (`accelerate`, then the worker's
+start-up warm-up, timed) and the engine is measured. Per size: an untimed warm-up call, then
+a timed one at --steps, true CFG 4.0, the same seed throughout. Outputs are captured inside
+the VAE (latents in, pixels out, as floats) and compared by `relative_error`: a lossless
+variant against stock, within `lossless_tolerance` (acceleration.py), whose spread is stock
+run once more with another exact attention kernel in the transformer; a fast mode (FP8, the
+step cache) against the lossless variant's output, reported, not judged. The "lossless"
+variant also fills the stock-vs-engine `rows` and, unless switched off, runs images per
+second by batch size (one pipeline call per batch of equal-length prompts), the real
+JobQueue under a full queue (busy fraction), and at CUDA-graph sizes a probe of the forward
+alone (batch 1 and 2: what a whole-step graph or batched CFG could still gain).
 
   python benchmarks/gpu_engine.py --out report.json             # full size, CUDA, 50 steps
-  python benchmarks/gpu_engine.py --steps 20 --budget-s 300 ... # fewer steps, extrapolated
+  python benchmarks/gpu_engine.py --steps 12 --budget-s 300 \\
+      --variants lossless,fp8,cache-0.1 ...                     # fewer steps, extrapolated
   python benchmarks/gpu_engine.py --tiny --out report.json      # demo model on the CPU, <1 min
 
 The JSON report is rewritten after every section, so a run cut short leaves what it measured.
-The levers are read from the environment like the worker's (WorkerSettings: FUSE_QKV=false,
-CUDA_GRAPH_MAX_PIXELS=0, ...). --tiny pulls only the levers that run on a CPU.
+Variants are WorkerSettings overrides (VARIANTS below) on top of the environment, which the
+levers are read from like the worker's (FUSE_QKV=false, CUDA_GRAPH_MAX_PIXELS=0, ...).
+--tiny uses the demo model with 4 blocks and pulls only the levers that run on a CPU.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -65,7 +72,6 @@ from qwen_image_worker.engine.acceleration import (
 )
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
 from qwen_image_worker.engine.generation import Engine, ImageSpec
-from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
 from qwen_image_worker.settings import WorkerSettings, parse_sizes
@@ -77,8 +83,14 @@ SEED = 1234
 FULL_STEPS = 50
 FULL_SIZES = "1328x1328,1024x1024,512x512"
 TEXT_WIDTH = 3584
+TINY_LAYERS = 4  # enough blocks for FP8's bf16 edge blocks and the step cache to act
 # The other exact attention kernel that measures stock's own spread (default: flash or cuDNN).
 SPREAD_KERNEL = {"cuda": "efficient", "cpu": "math"}
+# Timed forwards per batch size in the probe, after three untimed ones (compile, capture).
+PROBE_RUNS = {"cuda": 10, "cpu": 2}
+# Different variants compile different blocks; dynamo keeps them all rather than falling back
+# to eager after its default 8 recompilations of one function.
+RECOMPILE_LIMIT = 64
 # Qwen-Image's scheduler (its scheduler/scheduler_config.json).
 SCHEDULER = {
     "base_image_seq_len": 256,
@@ -103,11 +115,79 @@ TRANSFORMER = {
 
 
 @dataclass(frozen=True)
+class Variant:
+    """An engine configuration: WorkerSettings overrides on top of the environment's."""
+
+    name: str
+    settings: dict[str, Any]
+    lossless: bool
+    note: str
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("lossless", {}, True, "the worker's defaults"),
+        Variant(
+            "autotune",
+            {"compile_mode": "max-autotune-no-cudagraphs"},
+            True,
+            "the defaults, blocks compiled with max-autotune (Triton GEMM templates)",
+        ),
+        Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
+        Variant(
+            "fp8-tensor",
+            {"fp8_matmuls": True, "fp8_scaling": "tensor"},
+            False,
+            "FP8 with one scale per matrix; first and last block bf16",
+        ),
+        Variant(
+            "fp8-all-blocks",
+            {"fp8_matmuls": True, "fp8_bf16_edge_blocks": 0},
+            False,
+            "FP8 row-wise in every block",
+        ),
+        Variant(
+            "fp8-eager",
+            {"fp8_matmuls": True, "compile_transformer": False},
+            False,
+            "FP8 row-wise without torch.compile (graphs still on at small sizes)",
+        ),
+        Variant(
+            "cache-0.05",
+            {"step_cache": True, "step_cache_threshold": 0.05},
+            False,
+            "first-block step cache, threshold 0.05 (graphs off)",
+        ),
+        Variant(
+            "cache-0.1",
+            {"step_cache": True, "step_cache_threshold": 0.1},
+            False,
+            "first-block step cache, threshold 0.1 (graphs off)",
+        ),
+        Variant(
+            "cache-0.2",
+            {"step_cache": True, "step_cache_threshold": 0.2},
+            False,
+            "first-block step cache, threshold 0.2 (graphs off)",
+        ),
+        Variant(
+            "fp8+cache-0.1",
+            {"fp8_matmuls": True, "step_cache": True, "step_cache_threshold": 0.1},
+            False,
+            "FP8 row-wise and the step cache at 0.1",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Plan:
     tiny: bool
     device: torch.device
     steps: int
     sizes: list[tuple[int, int]]
+    variants: list[Variant]
     batch_sizes: list[tuple[int, int]]
     batches: list[int]
     batch_steps: int
@@ -117,6 +197,19 @@ class Plan:
     warmup_sizes: list[tuple[int, int]]
     budget_s: float | None
     spread: bool
+    throughput: bool
+    queue: bool
+    probe: bool
+
+
+def parse_variants(value: str) -> list[Variant]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}"
+        )
+    return [VARIANTS[name] for name in names]
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, Path]:
@@ -125,27 +218,40 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
     parser.add_argument("--out", type=Path, default=Path("gpu_engine.json"))
     parser.add_argument("--steps", type=int, help="denoising steps of the timed runs")
     parser.add_argument("--sizes", help="WxH,... of the stock-vs-engine rows")
+    parser.add_argument(
+        "--variants",
+        type=parse_variants,
+        help=f"engine variants, in order (default: lossless; --tiny: all): {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--batch-sizes", help="WxH,... of the throughput-by-batch runs")
     parser.add_argument("--batches", help="batch sizes, e.g. 1,2,4,8")
     parser.add_argument("--batch-steps", type=int, help="steps of each throughput run")
     parser.add_argument("--queue-jobs", type=int, help="jobs sent at once to the real JobQueue")
     parser.add_argument("--queue-steps", type=int, help="steps of each queued job")
-    parser.add_argument("--warmup-sizes", help="sizes of the start-up warm-up (WARMUP_SIZES)")
+    parser.add_argument(
+        "--warmup-sizes",
+        help="sizes of each variant's start-up warm-up (WARMUP_SIZES; default: all served)",
+    )
     parser.add_argument(
         "--no-spread",
         action="store_true",
         help="skip stock's second run under another attention kernel (tolerance: the floor)",
     )
+    parser.add_argument("--no-throughput", action="store_true", help="skip images/s by batch")
+    parser.add_argument("--no-queue", action="store_true", help="skip the full-queue run")
+    parser.add_argument("--no-probe", action="store_true", help="skip the forward-alone probe")
     parser.add_argument(
         "--budget-s", type=float, help="skip sections that would start after this many seconds"
     )
     args = parser.parse_args(argv)
     tiny = args.tiny
+    default_variants = list(VARIANTS.values()) if tiny else [VARIANTS["lossless"]]
     plan = Plan(
         tiny=tiny,
         device=torch.device("cpu" if tiny else "cuda"),
         steps=args.steps or (3 if tiny else FULL_STEPS),
         sizes=parse_sizes(args.sizes or ("256x256,128x128" if tiny else FULL_SIZES)),
+        variants=args.variants if args.variants is not None else default_variants,
         batch_sizes=parse_sizes(args.batch_sizes or ("128x128" if tiny else "512x512,256x256")),
         batches=[int(b) for b in (args.batches or ("1,2" if tiny else "1,2,4,8")).split(",")],
         batch_steps=args.batch_steps or (2 if tiny else 8),
@@ -157,6 +263,9 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         ),
         budget_s=args.budget_s,
         spread=not args.no_spread,
+        throughput=not args.no_throughput,
+        queue=not args.no_queue,
+        probe=not args.no_probe,
     )
     return plan, args.out
 
@@ -349,6 +458,13 @@ def text_tokens(pipe: Any, prompt: str) -> int:
     return len(ids) - pipe.prompt_template_encode_start_idx
 
 
+def build_tiny_pipeline() -> QwenImagePipeline:
+    """The demo model with TINY_LAYERS blocks, float32 on the CPU; every build the same."""
+    pipe = build_demo_pipeline(TINY_LAYERS)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -371,17 +487,28 @@ class Report:
                 "metric": "relative_error = ||engine - stock|| / ||stock - mean(stock)||",
                 "applies_to": "VAE input latents and VAE decoder output pixels (floats)",
                 "rule": f"error <= max({LOSSLESS_REL_L2_TOLERANCE}, {SPREAD_FACTOR} * spread)",
-                "spread": "stock's own error when only its attention kernel changes "
-                f"({SPREAD_KERNEL[device.type]} instead of the default), same weights and seed",
+                "spread": "stock's own error when only the transformer's attention kernel "
+                f"changes ({SPREAD_KERNEL[device.type]} instead of the default), same weights "
+                "and seed",
+                "fast_modes": "FP8 and step-cache variants are reported against the lossless "
+                "variant's output (vs_lossless), not judged by the lossless rule",
             },
             "notes": [
-                "extrapolated_50_steps_s = measured total + (50 - steps) * median step time",
+                "extrapolated_50_steps_s = measured total + (50 - steps) * median step time; "
+                "for a step cache the median step is a full or a skipped one, so its 50-step "
+                "figure is rougher than the others",
+                "every variant is built again from the same seed: the same weights",
                 "throughput rows call the pipeline with a batch of equal-length prompts (no "
                 "text mask); the worker's queue runs one image per pipeline call today",
                 "queue.engine_busy_fraction = time inside Engine.generate / wall time; "
                 "queue.gpu_utilisation_nvml = mean of NVML's kernel-running samples",
+                "probe: the transformer forward alone (no mask, equal text lengths), batch 1 "
+                "and 2; step_minus_two_forwards_s bounds what a graph of the whole step could "
+                "save, batched_cfg_saving_s what cond+uncond in one forward could",
             ],
+            "variant_names": [variant.name for variant in plan.variants],
             "rows": [],
+            "variants": [],
             "throughput": [],
             "errors": [],
             "skipped": [],
@@ -433,6 +560,27 @@ def stock_call(pipe: Any, size: tuple[int, int], steps: int, marks: Marks) -> No
         output_type="pil",
         callback_on_step_end=marks.callback,
     )
+
+
+@contextmanager
+def transformer_attention(pipe: Any, backend: SDPBackend) -> Iterator[None]:
+    """Only the transformer's SDPA restricted to `backend`. Around the whole call it also
+    bound the text encoder's masked SDPA, which has no efficient kernel at full size (round
+    1: 'No available kernel')."""
+    transformer = pipe.transformer
+    if "forward" in vars(transformer):
+        raise RuntimeError("the transformer's forward is already wrapped")
+    stock = transformer.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with sdpa_kernel(backend):
+            return stock(*args, **kwargs)
+
+    transformer.forward = forward
+    try:
+        yield
+    finally:
+        del transformer.forward
 
 
 def batch_call(pipe: Any, size: tuple[int, int], batch: int, steps: int, marks: Marks) -> None:
@@ -489,8 +637,12 @@ class TimedEngine(Engine):
             self.busy_s += time.perf_counter() - started
 
 
+Outputs = tuple[torch.Tensor, torch.Tensor]  # VAE input latents, VAE output pixels
+OUTPUTS = ("latents", "pixels")
+
+
 class Bench:
-    """One run: build, every stock measurement, the levers, every engine measurement."""
+    """One run: build, every stock measurement, then each variant on a fresh build."""
 
     def __init__(self, plan: Plan, out: Path) -> None:
         self.plan = plan
@@ -498,78 +650,110 @@ class Bench:
         self.marks = Marks(self.clock)
         self.report = Report(out, plan)
         self.data = self.report.data
-        self.stock: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stock: dict[str, Outputs] = {}
+        # The lossless variant's outputs and timing per size: the fast modes' reference.
+        self.lossless: dict[str, tuple[Outputs, dict[str, Any]]] = {}
         self.done = Accelerated()
         self.pipe: Any = None
         self.capture: Capture  # set by build()
-        self.engine: Engine  # set by accelerate()
+        self.engine: Engine  # set by run_variant()
+        self.compile_mode = "default"
 
     def run(self) -> dict[str, Any]:
         with self.report.section("build"):
             self.build()
         if self.pipe is not None:
             self.stock_rows()
-            self.throughput("stock")
-            self.peak("stock")
-            if not self.over_budget("accelerate"):
-                with self.report.section("accelerate"):
-                    self.accelerate()
-        if "levers" in self.data:
-            self.engine_rows()
-            self.throughput("engine")
-            if not self.over_budget("queue"):
-                with self.report.section("queue"):
-                    self.data["queue"] = asyncio.run(self.full_queue())
-                    log(f"queue: {self.data['queue']}")
-            if self.done.forward is not None:
-                self.data["graphs"] = vars(self.done.forward.stats)
-            self.peak("engine")
+            if self.plan.throughput:
+                self.throughput("stock")
+            self.data["max_memory_gib_stock"] = self.peak()
+        for variant in self.plan.variants:
+            if not self.stock or self.over_budget(f"variant {variant.name}"):
+                continue
+            with self.report.section(f"variant {variant.name}"):
+                self.run_variant(variant)
+        self.finish()
+        return self.data
+
+    def finish(self) -> None:
         rows = self.data["rows"]
-        self.data["outputs_match"] = bool(rows) and all(row.get("match") is True for row in rows)
+        lossless_rows = [
+            row for entry in self.data["variants"] if entry["lossless"] for row in entry["rows"]
+        ]
+        self.data["outputs_match"] = (
+            bool(rows)
+            and all(row.get("match") is True for row in rows)
+            and all(row.get("match") is True for row in lossless_rows)
+        )
         self.data["complete"] = not self.data["errors"] and not self.data["skipped"]
         self.data["elapsed_s"] = round(self.clock.elapsed(), 1)
         self.report.write()
-        return self.data
 
     def build(self) -> None:
+        """The model, from the same seed every time, with the output capture hooked in."""
         plan = self.plan
+        self.release()
         log(f"building the {'demo' if plan.tiny else 'full-size'} model on {plan.device}")
         started = time.perf_counter()
-        pipe = load_pipeline(None, plan.device) if plan.tiny else build_full_pipeline(plan.device)
+        pipe = build_tiny_pipeline() if plan.tiny else build_full_pipeline(plan.device)
         self.data["build_s"] = round(time.perf_counter() - started, 2)
         self.data["text_tokens"] = {
             "prompt": text_tokens(pipe, PROMPT),
             "negative": text_tokens(pipe, NEGATIVE),
         }
         self.data["text_encoder"] = (
-            "demo model's" if plan.tiny else f"Qwen2.5-VL, 1 layer, width {TEXT_WIDTH}, random"
+            f"demo model's ({TINY_LAYERS} blocks)"
+            if plan.tiny
+            else f"Qwen2.5-VL, 1 layer, width {TEXT_WIDTH}, random"
         )
         self.capture = Capture(pipe)
         self.pipe = pipe
         log(f"built in {self.data['build_s']} s")
 
+    def release(self) -> None:
+        """Drop the last build (weights, graphs) before the next: one copy at a time."""
+        if self.pipe is None:
+            return
+        self.pipe = None
+        self.done = Accelerated()
+        vars(self).pop("engine", None)
+        gc.collect()
+        if self.plan.device.type != "cuda":
+            return
+        torch.cuda.empty_cache()
+        held = torch.cuda.memory_allocated() / 2**30
+        if held > 4:
+            # Something (compiled code's guards?) still holds the weights: drop it all.
+            log(f"{held:.1f} GiB still allocated after release: resetting dynamo")
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+            self.data.setdefault("dynamo_resets", []).append(round(held, 1))
+
     def stock_rows(self) -> None:
         for size in self.plan.sizes:
             if self.over_budget(f"stock {label(size)}"):
                 return
+            row = find_row(self.data["rows"], size)
             with self.report.section(f"stock {label(size)}"):
                 with self.marks.timing(2):
                     stock_call(self.pipe, size, 2, self.marks)  # untimed warm-up at this shape
                 with self.marks.timing(self.plan.steps) as timed:
                     stock_call(self.pipe, size, self.plan.steps, self.marks)
                 self.stock[label(size)] = self.capture.take()
-                row = find_row(self.data["rows"], size)
                 row["stock"] = timed
                 log(f"stock {label(size)}: {timed}")
-                if self.plan.spread:
+            if self.plan.spread and label(size) in self.stock:
+                with self.report.section(f"stock spread {label(size)}"):
                     row["stock_spread"] = self.spread(size)
                     log(f"stock spread {label(size)}: {row['stock_spread']}")
 
     def spread(self, size: tuple[int, int]) -> dict[str, Any]:
-        """Stock again under another exact attention kernel: how far stock moves by itself."""
+        """Stock again, another exact attention kernel in the transformer: how far stock
+        moves by itself."""
         kernel = SPREAD_KERNEL[self.plan.device.type]
         backend = SDPBackend.EFFICIENT_ATTENTION if kernel == "efficient" else SDPBackend.MATH
-        with sdpa_kernel(backend):
+        with transformer_attention(self.pipe, backend):
             stock_call(self.pipe, size, self.plan.steps, self.marks)
         latents, pixels = self.capture.take()
         reference = self.stock[label(size)]
@@ -579,40 +763,152 @@ class Bench:
             "pixels": round(relative_error(pixels, reference[1]), 6),
         }
 
-    def accelerate(self) -> None:
+    def run_variant(self, variant: Variant) -> None:
         plan = self.plan
-        self.done = accelerate(
-            self.pipe, Levers.from_settings(WorkerSettings()), allow_cpu=plan.tiny
-        )
-        self.data["levers"] = self.done.active
+        settings = WorkerSettings(**variant.settings)
+        if settings.compile_mode != self.compile_mode and plan.device.type == "cuda":
+            # Compiled blocks of another mode must not be reused: start dynamo afresh.
+            torch._dynamo.reset()
+            self.compile_mode = settings.compile_mode
+        self.build()
+        self.peak()  # from here on, this variant's peak
+        entry: dict[str, Any] = {
+            "name": variant.name,
+            "lossless": variant.lossless,
+            "note": variant.note,
+            "settings": variant.settings,
+            "rows": [],
+        }
+        self.data["variants"].append(entry)
+        started = time.perf_counter()
+        self.done = accelerate(self.pipe, Levers.from_settings(settings), allow_cpu=plan.tiny)
+        entry["accelerate_s"] = round(time.perf_counter() - started, 2)
+        entry["levers"] = self.done.active
+        if self.done.fp8 is not None:
+            entry["fp8"] = asdict(self.done.fp8)
         self.engine = Engine(self.pipe, on_step=self.marks.on_step, warmup_sizes=plan.warmup_sizes)
         started = time.perf_counter()
         base = replace(job_spec(plan.warmup_sizes[0], 2), prompt="warm-up")
         warmed = self.engine.warm_up(base)
-        self.data["startup_warmup"] = {
+        entry["startup_warmup"] = {
             "sizes": [label(size) for size in warmed],
             "steps": 2,
             "seconds": round(time.perf_counter() - started, 2),
         }
-        log(f"levers {self.done.active}; warm-up {self.data['startup_warmup']}")
-
-    def engine_rows(self) -> None:
-        for size in self.plan.sizes:
-            if label(size) not in self.stock or self.over_budget(f"engine {label(size)}"):
+        log(f"variant {variant.name}: {self.done.active}; warm-up {entry['startup_warmup']}")
+        if variant.name == "lossless":
+            self.data["levers"] = self.done.active
+            self.data["startup_warmup"] = entry["startup_warmup"]
+        for size in plan.sizes:
+            if label(size) not in self.stock or self.over_budget(f"{variant.name} {label(size)}"):
                 continue
-            with self.report.section(f"engine {label(size)}"):
-                replays = self.graph_replays()
-                with self.marks.timing(1) as first:  # a new prompt length: graph capture
-                    self.engine.generate(job_spec(size, 1), lambda: False)
-                with self.marks.timing(self.plan.steps) as timed:
-                    self.engine.generate(job_spec(size, self.plan.steps), lambda: False)
-                row = find_row(self.data["rows"], size)
-                row["engine"] = timed | {
-                    "first_call_s": first["total_s"],
-                    "graph_replays": self.graph_replays() - replays,
-                }
-                compare(row, self.stock[label(size)], self.capture.take())
-                log(f"engine {label(size)}: {row['engine']} match={row['match']}")
+            with self.report.section(f"{variant.name} {label(size)}"):
+                entry["rows"].append(self.variant_row(variant, size))
+        if self.done.forward is not None:
+            entry["graphs"] = vars(self.done.forward.stats)
+        entry["max_memory_gib"] = self.peak()
+        if variant.name == "lossless":
+            self.after_lossless()
+
+    def variant_row(self, variant: Variant, size: tuple[int, int]) -> dict[str, Any]:
+        replays = self.graph_replays()
+        cache = self.done.step_cache
+        with self.marks.timing(1) as first:  # a new prompt length: graph capture
+            self.engine.generate(job_spec(size, 1), lambda: False)
+        before = replace(cache.stats) if cache is not None else None
+        with self.marks.timing(self.plan.steps) as timed:
+            self.engine.generate(job_spec(size, self.plan.steps), lambda: False)
+        outputs = self.capture.take()
+        row: dict[str, Any] = {
+            "size": label(size),
+            **timed,
+            "first_call_s": first["total_s"],
+            "graph_replays": self.graph_replays() - replays,
+        }
+        if cache is not None and before is not None:
+            computed = cache.stats.computed - before.computed
+            skipped = cache.stats.skipped - before.skipped
+            row["step_cache"] = {
+                "computed": computed,
+                "skipped": skipped,
+                "skipped_fraction": round(skipped / max(1, computed + skipped), 3),
+            }
+        stock_row = find_row(self.data["rows"], size)
+        row["vs_stock"] = deviation(outputs, self.stock[label(size)])
+        row["vs_stock"]["speedup"] = speedup(stock_row["stock"], timed)
+        if variant.lossless:
+            spread = stock_row.get("stock_spread", {})
+            tolerance = {name: lossless_tolerance(spread.get(name, 0.0)) for name in OUTPUTS}
+            row["tolerance"] = {name: round(value, 6) for name, value in tolerance.items()}
+            row["match"] = all(row["vs_stock"][name] <= tolerance[name] for name in OUTPUTS)
+        if variant.name == "lossless":
+            self.lossless[label(size)] = (outputs, timed)
+            stock_row["engine"] = timed | {
+                "first_call_s": row["first_call_s"],
+                "graph_replays": row["graph_replays"],
+            }
+            compare(stock_row, self.stock[label(size)], outputs)
+            if self.plan.probe and self.graphed(size):
+                row["probe"] = self.probe(size, timed["median_step_s"])
+        elif label(size) in self.lossless:
+            reference, reference_timed = self.lossless[label(size)]
+            row["vs_lossless"] = deviation(outputs, reference)
+            row["vs_lossless"]["speedup"] = speedup(reference_timed, timed)
+        log(f"{variant.name} {label(size)}: {row}")
+        return row
+
+    def after_lossless(self) -> None:
+        """What round 1 measured of the default engine: images/s by batch, a full queue."""
+        if self.plan.throughput:
+            self.throughput("engine")
+        if self.plan.queue and not self.over_budget("queue"):
+            with self.report.section("queue"):
+                self.data["queue"] = asyncio.run(self.full_queue())
+                log(f"queue: {self.data['queue']}")
+        if self.done.forward is not None:
+            self.data["graphs"] = vars(self.done.forward.stats)
+        self.data["max_memory_gib_engine"] = self.peak()
+
+    def graphed(self, size: tuple[int, int]) -> bool:
+        """Sizes the default engine replays as CUDA graphs (on the CPU: the same sizes)."""
+        return size[0] * size[1] <= WorkerSettings().cuda_graph_max_pixels
+
+    def probe(self, size: tuple[int, int], step_s: float | None) -> dict[str, Any]:
+        """The transformer forward alone, batch 1 and 2, no mask, equal text lengths."""
+        transformer = self.pipe.transformer
+        config = transformer.config
+        dtype = transformer.dtype
+        device = self.plan.device
+        rows, cols = size[1] // 16, size[0] // 16
+        text = self.data["text_tokens"]["prompt"]
+        runs = PROBE_RUNS[device.type]
+        result: dict[str, Any] = {"runs": runs}
+        for batch in (1, 2):
+            noise = torch.Generator("cpu").manual_seed(SEED)
+            kwargs = {
+                "hidden_states": torch.randn(
+                    batch, rows * cols, config.in_channels, generator=noise
+                ).to(device, dtype),
+                "encoder_hidden_states": torch.randn(
+                    batch, text, config.joint_attention_dim, generator=noise
+                ).to(device, dtype),
+                "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+                "img_shapes": [[(1, rows, cols)]] * batch,
+                "return_dict": False,
+            }
+            with torch.inference_mode():
+                for _ in range(3):
+                    transformer(**kwargs)
+                start = self.clock.now()
+                for _ in range(runs):
+                    transformer(**kwargs)
+                result[f"forward_b{batch}_s"] = round((self.clock.now() - start) / runs, 5)
+        one, two = result["forward_b1_s"], result["forward_b2_s"]
+        result["batched_cfg_saving_s"] = round(2 * one - two, 5)
+        if step_s is not None:
+            result["step_minus_two_forwards_s"] = round(step_s - 2 * one, 5)
+        log(f"probe {label(size)}: {result}")
+        return result
 
     def throughput(self, side: str) -> None:
         plan = self.plan
@@ -666,11 +962,13 @@ class Bench:
     def graph_replays(self) -> int:
         return 0 if self.done.forward is None else self.done.forward.stats.replayed
 
-    def peak(self, phase: str) -> None:
-        if self.plan.device.type == "cuda":
-            gib = torch.cuda.max_memory_allocated() / 2**30
-            self.data[f"max_memory_gib_{phase}"] = round(gib, 1)
-            torch.cuda.reset_peak_memory_stats()
+    def peak(self) -> float | None:
+        """The most GPU memory held since the last call, in GiB."""
+        if self.plan.device.type != "cuda":
+            return None
+        gib = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return round(gib, 1)
 
 
 def queued_job(plan: Plan, index: int) -> JobRequest:
@@ -686,30 +984,42 @@ def queued_job(plan: Plan, index: int) -> JobRequest:
     )
 
 
-def compare(
-    row: dict[str, Any],
-    stock: tuple[torch.Tensor, torch.Tensor],
-    engine: tuple[torch.Tensor, torch.Tensor],
-) -> None:
+def deviation(value: Outputs, reference: Outputs) -> dict[str, Any]:
+    return {
+        name: round(relative_error(value[index], reference[index]), 6)
+        for index, name in enumerate(OUTPUTS)
+    }
+
+
+def speedup(reference: dict[str, Any], timed: dict[str, Any]) -> float:
+    """At 50 steps where extrapolated, else as measured."""
+    before = reference["extrapolated_50_steps_s"] or reference["total_s"]
+    after = timed["extrapolated_50_steps_s"] or timed["total_s"]
+    return round(before / after, 3)
+
+
+def compare(row: dict[str, Any], stock: Outputs, engine: Outputs) -> None:
     """Errors against stock, each within its tolerance (the floor, or 3x stock's spread)."""
     spread = row.get("stock_spread", {})
     row["tolerance"] = {}
     row["match"] = True
-    for index, name in enumerate(("latents", "pixels")):
+    for index, name in enumerate(OUTPUTS):
         error = relative_error(engine[index], stock[index])
         tolerance = lossless_tolerance(spread.get(name, 0.0))
         row[f"{name}_rel_error"] = round(error, 6)
         row["tolerance"][name] = round(tolerance, 6)
         row["match"] = row["match"] and error <= tolerance
-    stock_t = row["stock"]["extrapolated_50_steps_s"] or row["stock"]["total_s"]
-    engine_t = row["engine"]["extrapolated_50_steps_s"] or row["engine"]["total_s"]
-    row["speedup"] = round(stock_t / engine_t, 3)
+    row["speedup"] = speedup(row["stock"], row["engine"])
 
 
 def main(argv: list[str] | None = None) -> int:
     plan, out = parse_args(sys.argv[1:] if argv is None else argv)
     if plan.tiny:
         torch.set_num_threads(min(2, torch.get_num_threads()))
+    config = torch._dynamo.config
+    # Named cache_size_limit before torch 2.6.
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, RECOMPILE_LIMIT)
     data = Bench(plan, out).run()
     log(table(data))
     return 0 if data["outputs_match"] else 1

@@ -1,6 +1,6 @@
-"""The short table of a gpu_engine.py report; no heavy imports, so it prints in a second.
+"""The short tables of a gpu_engine.py report; no heavy imports, so it prints in a second.
 
-python benchmarks/summary.py report.json
+python benchmarks/report_table.py report.json
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def table(data: dict[str, Any]) -> str:
-    """The short summary printed last."""
+    """The short summary printed last: stock against the lossless engine, then each variant."""
     lines = [f"device: {data['device']}  steps: {data['steps']}  levers: {data.get('levers')}"]
     header = ("size", "stock s/step", "engine s/step", "stock@50", "engine@50", "speedup")
     header += ("latents err", "(tolerance)", "pixels err", "(tolerance)")
@@ -31,6 +31,7 @@ def table(data: dict[str, Any]) -> str:
             row.get("tolerance", {}).get("pixels"),
         )
         lines.append(" ".join(f"{fmt(c):>13}" for c in cells))
+    lines.extend(variant_lines(data.get("variants", [])))
     for row in data["throughput"]:
         s, e = row.get("stock", {}), row.get("engine", {})
         lines.append(
@@ -47,6 +48,43 @@ def table(data: dict[str, Any]) -> str:
         f"errors: {[e['section'] for e in data['errors']]}  skipped: {data['skipped']}"
     )
     return "\n".join(lines)
+
+
+def variant_lines(variants: list[dict[str, Any]]) -> list[str]:
+    """One line per variant and size. Errors are against stock's output for lossless
+    variants (`ok`: within tolerance), against the lossless variant's for fast modes."""
+    if not variants:
+        return []
+    header = ("variant", "size", "s/step", "@50 s", "x stock", "x lossless")
+    header += ("latents err", "pixels err", "err vs", "skipped", "ok", "warm-up s")
+    lines = [" ".join(f"{h:>14}" for h in header)]
+    for entry in variants:
+        warmup = entry.get("startup_warmup", {}).get("seconds")
+        if not entry["rows"]:
+            lines.append(f"{entry['name']:>14} (no rows; levers {entry.get('levers')})")
+        for row in entry["rows"]:
+            fast = not entry["lossless"] and "vs_lossless" in row
+            against = "lossless" if fast else "stock"
+            errors = row.get(f"vs_{against}", {})
+            cells = (
+                entry["name"],
+                row["size"],
+                row.get("median_step_s"),
+                row.get("extrapolated_50_steps_s"),
+                row.get("vs_stock", {}).get("speedup"),
+                row.get("vs_lossless", {}).get("speedup"),
+                errors.get("latents"),
+                errors.get("pixels"),
+                against,
+                row.get("step_cache", {}).get("skipped_fraction"),
+                row.get("match"),
+                warmup,
+            )
+            lines.append(" ".join(f"{fmt(c):>14}" for c in cells))
+        for row in entry["rows"]:
+            if "probe" in row:
+                lines.append(f"probe {entry['name']} {row['size']}: {row['probe']}")
+    return lines
 
 
 def fmt(value: Any) -> str:

@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from qwen_image_worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+ALL_VARIANTS = [
+    "lossless",
+    "autotune",
+    "fp8",
+    "fp8-tensor",
+    "fp8-all-blocks",
+    "fp8-eager",
+    "cache-0.05",
+    "cache-0.1",
+    "cache-0.2",
+    "fp8+cache-0.1",
+]
 
 
-def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
+def run_tiny(out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_engine.py"), "--tiny", "--out", str(out)],
         env=os.environ | {"OMP_NUM_THREADS": "2"},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return done, json.loads(out.read_text())
+
+
+def variant(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(entry for entry in report["variants"] if entry["name"] == name)
+
+
+def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -> None:
+    done, report = run_tiny(tmp_path / "report.json")
     assert report["outputs_match"] is True and report["complete"] is True
     assert report["device"] == "cpu" and report["errors"] == [] and report["skipped"] == []
     assert [row["size"] for row in report["rows"]] == ["256x256", "128x128"]
@@ -31,6 +57,7 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
             assert row[side]["total_s"] > 0 and row[side]["median_step_s"] > 0
             assert row[side]["extrapolated_50_steps_s"] > row[side]["total_s"]
         assert row["match"] is True and row["speedup"] > 0
+        # The spread run swaps the transformer's attention kernel only.
         assert row["stock_spread"]["kernel"] == "math"
         for name in ("latents", "pixels"):
             assert 0 <= row[f"{name}_rel_error"] <= row["tolerance"][name]
@@ -46,3 +73,87 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     queue = report["queue"]
     assert queue["jobs"] == 3 and 0 < queue["engine_busy_fraction"] <= 1
     assert "outputs_match: True" in done.stdout.splitlines()[-1]
+    # Every variant ran at every size.
+    assert [entry["name"] for entry in report["variants"]] == ALL_VARIANTS
+    for entry in report["variants"]:
+        assert [row["size"] for row in entry["rows"]] == ["256x256", "128x128"], entry["name"]
+        for row in entry["rows"]:
+            assert row["median_step_s"] > 0 and row["vs_stock"]["speedup"] > 0
+            if entry["lossless"]:
+                assert row["match"] is True
+            else:
+                assert set(row["vs_lossless"]) == {"latents", "pixels", "speedup"}
+    probe = variant(report, "lossless")["rows"][0]["probe"]
+    assert probe["forward_b1_s"] > 0 and probe["forward_b2_s"] > 0
+    # FP8 moves the output a little; the step cache reports what it skipped.
+    for name, blocks in [("fp8", 2), ("fp8-tensor", 2), ("fp8-all-blocks", 4)]:
+        entry = variant(report, name)
+        assert entry["fp8"]["blocks"] == blocks and entry["fp8"]["bf16_blocks"] == 4 - blocks
+        assert all(0 < row["vs_lossless"]["latents"] < 0.1 for row in entry["rows"])
+    for name in ("cache-0.05", "cache-0.1", "cache-0.2", "fp8+cache-0.1"):
+        entry = variant(report, name)
+        assert "step_cache" in entry["levers"]
+        for row in entry["rows"]:
+            cache = row["step_cache"]
+            assert cache["computed"] + cache["skipped"] == 2 * report["steps"]
+    assert "variant" in done.stdout and "fp8+cache-0.1" in done.stdout
+
+
+def load_benchmark(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("gpu_engine")
+
+
+def test_the_device_runs_flags_parse_into_its_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flags benchmarks/device_run.sh passes."""
+    bench = load_benchmark(monkeypatch)
+    plan, out = bench.parse_args(
+        [
+            "--steps",
+            "12",
+            "--variants",
+            "lossless,fp8,cache-0.1,autotune",
+            "--no-throughput",
+            "--no-queue",
+            "--warmup-sizes",
+            "1328x1328,512x512",
+            "--budget-s",
+            "300",
+            "--out",
+            "x/gpu_engine.json",
+        ]
+    )
+    assert [variant.name for variant in plan.variants] == [
+        "lossless",
+        "fp8",
+        "cache-0.1",
+        "autotune",
+    ]
+    assert not plan.throughput and not plan.queue and plan.probe and plan.spread
+    assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
+    assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512)]
+    assert plan.warmup_sizes == [(1328, 1328), (512, 512)]
+    assert plan.device.type == "cuda" and not plan.tiny
+
+
+def test_every_variant_is_a_valid_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_benchmark(monkeypatch)
+    assert list(bench.VARIANTS) == ALL_VARIANTS
+    for variant in bench.VARIANTS.values():
+        settings = WorkerSettings(**variant.settings)
+        assert settings.model_dump(include=set(variant.settings)) == variant.settings
+        fast = settings.fp8_matmuls or settings.step_cache
+        assert variant.lossless is not fast, variant.name
+
+
+def test_an_unknown_variant_is_refused_naming_the_known_ones(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_benchmark(monkeypatch)
+    with pytest.raises(SystemExit) as exited:
+        bench.parse_args(["--tiny", "--variants", "lossless,fp4"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown variant(s) ['fp4']" in error and "fp8+cache-0.1" in error

@@ -19,8 +19,10 @@ from qwen_image_worker.engine.acceleration import (
     use_conv2d_for_single_frames,
 )
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
+from qwen_image_worker.engine.fp8 import Fp8Linear
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
+from qwen_image_worker.engine.step_cache import CachedBlocks
 from qwen_image_worker.settings import WorkerSettings
 
 from .conftest import spec
@@ -64,6 +66,8 @@ def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
     assert levers.cuda_graph_max_pixels == 512 * 512
     assert levers.vae_conv2d and levers.vae_channels_last
     assert not levers.compile_vae
+    # The fast modes, not lossless, are opt-in.
+    assert not levers.fp8_matmuls and levers.step_cache_threshold == 0
     monkeypatch.setenv("ACCELERATION", "false")
     assert Levers.from_settings(WorkerSettings()) == Levers.off()
 
@@ -81,6 +85,11 @@ def test_each_lever_is_read_from_its_environment_variable(
         "VAE_CHANNELS_LAST": "false",
         "COMPILE_VAE": "true",
         "WARMUP_SIZES": "512x512, 1664x928",
+        "FP8_MATMULS": "true",
+        "FP8_SCALING": "tensor",
+        "FP8_BF16_EDGE_BLOCKS": "2",
+        "STEP_CACHE": "true",
+        "STEP_CACHE_THRESHOLD": "0.12",
     }.items():
         monkeypatch.setenv(name, value)
     settings = WorkerSettings()
@@ -93,8 +102,21 @@ def test_each_lever_is_read_from_its_environment_variable(
         vae_conv2d=False,
         vae_channels_last=False,
         compile_vae=True,
+        fp8_matmuls=True,
+        fp8_rowwise=False,
+        fp8_bf16_edge_blocks=2,
+        step_cache_threshold=0.12,
     )
     assert settings.warmup_size_list == [(512, 512), (1664, 928)]
+
+
+def test_the_step_cache_threshold_counts_only_with_the_cache_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEP_CACHE_THRESHOLD", "0.3")
+    assert Levers.from_settings(WorkerSettings()).step_cache_threshold == 0
+    monkeypatch.setenv("STEP_CACHE", "true")
+    assert Levers.from_settings(WorkerSettings()).step_cache_threshold == 0.3
 
 
 @pytest.mark.parametrize(
@@ -105,6 +127,10 @@ def test_each_lever_is_read_from_its_environment_variable(
         ("attention_backend", "sage", "attention_backend"),
         ("compile_mode", "reduce-overhead", "compile_mode"),
         ("cuda_graph_max_pixels", -1, "cuda_graph_max_pixels"),
+        ("fp8_scaling", "block", "fp8_scaling"),
+        ("fp8_bf16_edge_blocks", -1, "fp8_bf16_edge_blocks"),
+        ("step_cache_threshold", 0, "step_cache_threshold"),
+        ("step_cache_threshold", 1.5, "step_cache_threshold"),
     ],
 )
 def test_bad_lever_settings_fail_at_start_up_naming_the_field(
@@ -138,6 +164,10 @@ def test_on_the_cpu_the_default_levers_leave_the_pipeline_untouched() -> None:
     assert not any(
         isinstance(p, FusedQKVAttnProcessor) for p in pipe.transformer.attn_processors.values()
     )
+    # Even asked for, the fast modes leave a CPU worker alone.
+    fast = Levers(fp8_matmuls=True, step_cache_threshold=0.5)
+    assert accelerate(pipe, fast).active == []
+    assert not any(isinstance(m, Fp8Linear | CachedBlocks) for m in pipe.transformer.modules())
     job = spec(seed=5)
     ours = np.asarray(Engine(pipe).generate(job, lambda: False))
     theirs = np.asarray(Engine(plain).generate(job, lambda: False))

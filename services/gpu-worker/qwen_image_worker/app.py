@@ -15,9 +15,8 @@ from fastapi import FastAPI
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
 from qwen_image_worker.api.routes import health, jobs
-from qwen_image_worker.engine.acceleration import Levers, accelerate
-from qwen_image_worker.engine.generation import Engine, ImageSpec
-from qwen_image_worker.engine.loading import load_pipeline, pick_device
+from qwen_image_worker.engine.base import ImageEngine, ImageSpec
+from qwen_image_worker.engine.simulated import SIMULATED_MODEL_PATH, SimulatedEngine
 from qwen_image_worker.errors import install_error_handlers
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
@@ -29,7 +28,16 @@ logger = logging.getLogger(__name__)
 def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """`on_fatal` is called when the model cannot be loaded; `run` makes it exit non-zero."""
 
-    def build_engine() -> Engine:
+    def build_engine() -> ImageEngine:
+        if settings.model_path.strip().lower() == SIMULATED_MODEL_PATH:
+            return SimulatedEngine(
+                settings.simulated_step_seconds, on_step=metrics.step_duration.observe
+            )
+        # Imported here, so a simulated worker never loads torch (about 1 GB a process).
+        from qwen_image_worker.engine.acceleration import Levers, accelerate
+        from qwen_image_worker.engine.generation import Engine
+        from qwen_image_worker.engine.loading import load_pipeline, pick_device
+
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
         levers = accelerate(pipe, Levers.from_settings(settings))

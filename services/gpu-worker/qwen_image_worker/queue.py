@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -18,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import torch
 from PIL import Image
 
 from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
-from qwen_image_worker.engine.generation import Engine, ImageSpec, StopRequested
+from qwen_image_worker.engine.base import ImageEngine, ImageSpec, StopRequested
 from qwen_image_worker.errors import (
     InferenceFailed,
     JobCancelled,
@@ -81,7 +81,7 @@ class JobQueue:
         self.capacity = 1 + max_waiting
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-        self._engine: Engine | None = None
+        self._engine: ImageEngine | None = None
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
         self._wakeup = asyncio.Event()
@@ -105,7 +105,7 @@ class JobQueue:
     async def on_gpu_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def start(self, build_engine: Callable[[], Engine], warmup: ImageSpec) -> None:
+    async def start(self, build_engine: Callable[[], ImageEngine], warmup: ImageSpec) -> None:
         """Load the model and warm it up on the GPU thread (one image, or one per size when
         the engine compiles per shape), then accept jobs."""
         engine = await self.on_gpu_thread(build_engine)
@@ -256,6 +256,8 @@ class JobQueue:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    # torch is loaded only by the real engine; a simulated one cannot run out of GPU memory.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return "GPU out of memory"
     return f"{type(exc).__name__}: {exc}"

@@ -91,6 +91,46 @@ class WorkerSettings(BaseSettings):
         description="torch.compile the VAE decoder (dynamic shapes). Off by default: the "
         "decode is a small part of a job, and compiling it adds to every start-up.",
     )
+    # Opt-in fast modes: faster than the levers above, not lossless (README, "GPU speed").
+    fp8_matmuls: bool = Field(
+        default=False,
+        description="FP8 (e4m3) matmuls for the attention and MLP layers of the transformer "
+        "blocks, through torch._scaled_mm (GPUs of compute capability 8.9 or newer); weights "
+        "are quantised once at load, activations per call. Changes the output slightly.",
+    )
+    fp8_scaling: Literal["row", "tensor"] = Field(
+        default="row",
+        description="FP8 scale granularity: 'row' (one scale per weight output channel and per "
+        "activation token) or 'tensor' (one scale per matrix: faster, less exact).",
+    )
+    fp8_bf16_edge_blocks: int = Field(
+        default=1,
+        ge=0,
+        le=30,
+        description="With FP8_MATMULS, this many of the first and of the last transformer "
+        "blocks keep bf16 matmuls.",
+    )
+    step_cache: bool = Field(
+        default=False,
+        description="First-block step cache: a step whose first-block residual barely moved "
+        "since the last full step reuses the other blocks' residual instead of running them. "
+        "Changes the output; turns CUDA graphs off.",
+    )
+    step_cache_threshold: float = Field(
+        default=0.05,
+        gt=0,
+        le=1.0,
+        description="With STEP_CACHE, the relative change of the first block's residual below "
+        "which a step reuses the cache; higher skips more steps and moves the output further.",
+    )
+    # MODEL_PATH=simulated: no model at all, for load and fault tests of this program.
+    simulated_step_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="With MODEL_PATH=simulated, how long one denoising step takes (a sleep); "
+        "the image is one flat colour of the requested size.",
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     log_format: LogFormat = Field(default="text", description="text, or json in production.")
 

@@ -43,6 +43,10 @@ _POLL_TIMEOUT_SECONDS = 2.0
 # Idle connections to workers are dropped before uvicorn's 5 s keep-alive ends, so a job is
 # never sent on a connection the worker is closing.
 _KEEPALIVE_EXPIRY_SECONDS = 2.0
+# Request line plus headers of one request, at most. uvicorn's httptools parser has no
+# bound at all (a client could send megabytes of headers), so the router parses with h11,
+# which answers 400 past this; bodies are bounded by MAX_REQUEST_BODY_BYTES.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def _worker_http_client() -> httpx.AsyncClient:
@@ -95,7 +99,7 @@ async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIter
 
         dispatcher = Dispatcher(
             registry,
-            Balancer(settings.load_stale_after_seconds),
+            Balancer(settings.load_stale_after_seconds, policy=settings.scheduling_policy),
             WorkerClient(http, registry, block_seconds),
             metrics,
         )
@@ -169,6 +173,8 @@ def run(settings: RouterSettings | None = None) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(settings.task_timeout_seconds) + 5,
     )
     GracefulServer(config, on_exit_signal=lambda: None).run_and_exit()

@@ -11,8 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qwen_image_common.contract import ErrorBody
 
 # Seconds a client should wait after `Task queue is full`: long enough for a worker's
 # queue to move a little, short enough that the SDK's own retries still help.
@@ -110,6 +113,9 @@ class ClientClosedRequest(RouterError):
         super().__init__("Client closed request")
 
 
+_NOT_JSON = "request body is not valid JSON"
+
+
 def describe_validation_errors(errors: Sequence[Any]) -> str:
     """Turn pydantic/FastAPI errors into one line that names each bad field."""
     parts: list[str] = []
@@ -117,7 +123,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
         kind = error.get("type", "")
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
         if kind == "json_invalid":
-            parts.append("request body is not valid JSON")
+            parts.append(_NOT_JSON)
         elif not loc and kind == "missing":
             parts.append("request body is required")
         elif not loc and kind in ("model_attributes_type", "model_type", "dict_type"):
@@ -138,11 +144,52 @@ def error_response(error: RouterError) -> JSONResponse:
 AnswerHook = Callable[[Request, int, str], None]
 
 
+def error_doc(description: str) -> dict[str, Any]:
+    """An error answer of a route, for its `responses`: the spec's shape."""
+    return {"model": ErrorBody, "description": description}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The OpenAPI document shows the answers the router gives: FastAPI lists a 422 for
+    every route with parameters, but bad input gets the spec's 400 {"detail": ...}."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    responses = operation["responses"]
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault(
+                            "400",
+                            {
+                                "description": "Validation error",
+                                "content": {
+                                    "application/json": {
+                                        "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                                    }
+                                },
+                            },
+                        )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            schemas.setdefault("ErrorBody", ErrorBody.model_json_schema())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
-    """Render every error in the spec's shape; no 422 ever leaves the router.
+    """Render every error in the spec's shape, and document them so; no 422 ever leaves
+    the router.
 
     `on_answer(request, status, reason)` sees every error answer, for metrics.
     """
+    _document_errors(app)
 
     async def on_router_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RouterError)
@@ -157,6 +204,10 @@ def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's answer to a body its JSON parser gave up on (nested too deep, an
+            # integer too long, bytes that are no text): bad JSON, as the spec words it.
+            return await on_router_error(request, ValidationFailed(_NOT_JSON))
         detail = exc.detail
         headers = dict(exc.headers or {})
         reason = "http_error"

@@ -1,14 +1,17 @@
 """Keeps every worker's load report fresh by polling GET /internal/v1/load.
 
-All workers are polled at once, each with a short timeout, every interval; a worker that
-does not answer well is recorded unreachable, so its load is unknown until it answers
-again. A change of the worker set triggers a poll at once, so new workers get jobs soon.
+Every worker is polled every interval, each on its own with a short timeout, so a slow one
+holds up no other's report; a worker that does not answer well is recorded unreachable,
+so its load is unknown until it answers again, and one whose polls keep timing out is
+recorded silent, so its jobs are given up and sent elsewhere. A change of the worker set
+triggers a poll at once, so new workers get jobs soon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import httpx
@@ -18,6 +21,10 @@ from qwen_image_common.contract import LOAD_PATH, WorkerLoad
 from qwen_image_router.registry import WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
+
+# A worker whose polls fail this many times in a row, the last by a timeout, has stopped
+# answering (hung, paused, cut off); one failure may be a hiccup.
+SILENT_AFTER_FAILURES = 2
 
 
 class LoadPoller:
@@ -38,6 +45,9 @@ class LoadPoller:
         self._block_seconds = block_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Polls still out, by worker: a worker slow to answer never holds up the others'
+        # reports (they would go stale, and the router would think nobody ready).
+        self._polling: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Poll once, so the router knows its workers before it serves, then keep polling."""
@@ -51,6 +61,10 @@ class LoadPoller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        polls = list(self._polling.values())
+        for poll in polls:
+            poll.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(worker) for worker in self._registry.workers()))
@@ -60,7 +74,14 @@ class LoadPoller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            await self.poll_once()
+            for worker in self._registry.workers():
+                if worker.name not in self._polling:
+                    poll = asyncio.create_task(self._poll(worker), name=f"poll {worker.name}")
+                    self._polling[worker.name] = poll
+                    poll.add_done_callback(functools.partial(self._forget_poll, worker.name))
+
+    def _forget_poll(self, name: str, _: asyncio.Task[None]) -> None:
+        self._polling.pop(name, None)
 
     async def _poll(self, worker: WorkerState) -> None:
         try:
@@ -71,6 +92,15 @@ class LoadPoller:
             if worker.consecutive_failures == 0:
                 logger.warning("worker %s: load poll failed (%s)", worker.name, type(exc).__name__)
             self._registry.record_unreachable(worker.name, self._block_seconds)
+            # Only silence counts: a draining worker refuses new connections while it
+            # finishes the jobs it has, and a dead one's connections are closed already.
+            silent = worker.consecutive_failures >= SILENT_AFTER_FAILURES
+            if silent and isinstance(exc, httpx.TimeoutException):
+                if not worker.silent.is_set():
+                    logger.warning(
+                        "worker %s stopped answering; its jobs go elsewhere", worker.name
+                    )
+                self._registry.record_silent(worker.name)
             return
         was_ready = worker.load is not None and worker.load.ready
         self._registry.record_load(worker.name, load)

@@ -7,6 +7,7 @@ thread hands its updates over with `loop.call_soon_threadsafe(registry.replace, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ class WorkerState:
     in_flight: int = 0
     blocked_until: float = 0.0
     consecutive_failures: int = field(default=0)
+    # Until then it gets no jobs, whatever its load reports say: it answered a job with
+    # something outside the job contract.
+    faulty_until: float = 0.0
+    # Set once its load polls keep timing out: jobs out there are given up and sent elsewhere.
+    silent: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -78,6 +84,7 @@ class WorkerRegistry:
         state.load_at = self._clock()
         state.blocked_until = 0.0
         state.consecutive_failures = 0
+        state.silent.clear()
 
     def record_unreachable(self, name: str, block_seconds: float) -> None:
         """A failed poll or send: the worker's load is unknown until it answers again."""
@@ -94,3 +101,16 @@ class WorkerRegistry:
         state = self._workers.get(name)
         if state is not None:
             state.blocked_until = self._clock() + block_seconds
+
+    def record_silent(self, name: str) -> None:
+        """The worker stopped answering (hung, paused, cut off): give up its jobs."""
+        state = self._workers.get(name)
+        if state is not None:
+            state.silent.set()
+
+    def record_faulty(self, name: str, block_seconds: float) -> None:
+        """The worker answered a job with nonsense: no jobs for it for a while, even if its
+        load reports look fine (they would make an instant failure look like free room)."""
+        state = self._workers.get(name)
+        if state is not None:
+            state.faulty_until = self._clock() + block_seconds

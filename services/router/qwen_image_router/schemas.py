@@ -33,15 +33,29 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 MAX_SEED = 2**32 - 1
 
 
+def _document_nulls(schema: dict[str, Any]) -> None:
+    """The JSON schema says what `_null_means_default` does: every optional field takes null."""
+    required = set(schema.get("required", ()))
+    for name, field in schema["properties"].items():
+        nullable = any(option.get("type") == "null" for option in field.get("anyOf", ()))
+        if name not in required and not nullable:
+            schema["properties"][name] = {"anyOf": [field, {"type": "null"}]}
+
+
 class ImageGenerationRequest(BaseModel):
     """POST /v1/images/generations."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_document_nulls)
 
     model: str | None = Field(
         None, description="Must name the served model (any letter case); default: it."
     )
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="What to draw; not blank.",
+        # For the OpenAPI document only; `_prompt_not_blank` enforces it with a clearer message.
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
     n: int = Field(1, ge=1, le=MAX_IMAGES_PER_JOB, description="Number of images.")
     size: Size = "1024x1024"
     response_format: Literal["b64_json", "url"] = "b64_json"

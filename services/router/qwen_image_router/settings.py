@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from qwen_image_router.scheduling.balancer import SchedulingPolicy
+
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -131,6 +133,12 @@ class RouterSettings(BaseSettings):
         3.0,
         gt=0,
         description="A load report older than this counts as unknown: the worker gets no jobs.",
+    )
+
+    scheduling_policy: SchedulingPolicy = Field(
+        "least-loaded",
+        description="How a worker is chosen among the ready ones with room: least-loaded "
+        "(the default), or round-robin / random (for comparison; see docs/reliability.md).",
     )
 
     @field_validator("log_level")

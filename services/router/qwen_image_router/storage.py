@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -87,11 +88,19 @@ class ImageStorage:
         return await asyncio.to_thread(self.save, png)
 
     def path_for(self, name: str) -> Path | None:
-        """The file for a name this storage writes, if it exists; None for anything else."""
+        """The file for a name this storage writes, if it exists; None for anything else.
+
+        Only a regular file: this storage never writes links, so a link under an image's
+        name (planted in a shared folder) is not followed to wherever it points.
+        """
         if not IMAGE_NAME.fullmatch(name):
             return None
         path = self.directory / name
-        return path if path.is_file() else None
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            return None
+        return path if stat.S_ISREG(mode) else None
 
     def sweep(self) -> SweepReport:
         """Delete images past their age, then the oldest while the total is too large."""

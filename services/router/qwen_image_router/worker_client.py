@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 class Refused:
     """The worker did not take the job; another worker may.
 
-    `unreachable` covers a connection that failed or dropped before an answer: jobs are
-    deterministic per seed, so sending the same job elsewhere is safe.
+    `unreachable` covers a connection that failed or dropped before an answer, and a worker
+    gone silent: jobs are deterministic per seed, so sending the same job elsewhere is safe.
     """
 
     reason: Literal["full", "not_ready", "unreachable"]
@@ -51,9 +52,7 @@ class WorkerClient:
         """Raises TaskTimeout (worker 504) or InferenceFailed (worker 500 or nonsense)."""
         worker.in_flight += 1
         try:
-            response = await self._http.post(
-                worker.endpoint.url + JOBS_PATH, json=job.model_dump(mode="json")
-            )
+            response = await self._post_unless_silent(worker, job)
         except httpx.TransportError as exc:
             logger.warning(
                 "job %s: worker %s unreachable (%s)", job.job_id, worker.name, type(exc).__name__
@@ -62,7 +61,43 @@ class WorkerClient:
             return Refused("unreachable")
         finally:
             worker.in_flight -= 1
-        return self._interpret(worker, job, response)
+        if response is None:
+            logger.warning(
+                "job %s: worker %s stopped answering; job given up", job.job_id, worker.name
+            )
+            return Refused("unreachable")
+        try:
+            return self._interpret(worker, job, response)
+        except _Nonsense as nonsense:
+            # Not the job's fault: the worker (or whatever answers in its place) is broken.
+            logger.warning(
+                "job %s: %s; worker %s gets no jobs for %.1f s",
+                job.job_id,
+                nonsense,
+                worker.name,
+                self._block_seconds,
+            )
+            self._registry.record_faulty(worker.name, self._block_seconds)
+            raise InferenceFailed(str(nonsense)) from None
+
+    async def _post_unless_silent(
+        self, worker: WorkerState, job: JobRequest
+    ) -> httpx.Response | None:
+        """The worker's answer, or None once its load polls say it stopped answering: a
+        hung worker's connection stays open, and waiting on it would last till TASK_TIMEOUT.
+        Either way the request is closed before this returns or raises."""
+        post = asyncio.create_task(
+            self._http.post(worker.endpoint.url + JOBS_PATH, json=job.model_dump(mode="json"))
+        )
+        silent = asyncio.create_task(worker.silent.wait())
+        try:
+            await asyncio.wait({post, silent}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            silent.cancel()
+            if not post.done():
+                post.cancel()
+                await asyncio.wait({post})
+        return None if post.cancelled() else post.result()
 
     def _interpret(
         self, worker: WorkerState, job: JobRequest, response: httpx.Response
@@ -80,16 +115,20 @@ class WorkerClient:
             raise TaskTimeout()
         if status == STATUS_INFERENCE_FAILED:
             raise InferenceFailed(detail)
-        raise InferenceFailed(f"worker answered {status}: {detail}")
+        raise _Nonsense(f"worker answered {status}: {detail}")
+
+
+class _Nonsense(Exception):
+    """An answer outside the job contract."""
 
 
 def _parse_result(job: JobRequest, response: httpx.Response) -> JobResult:
     try:
         result = JobResult.model_validate_json(response.content)
     except ValidationError:
-        raise InferenceFailed("the worker sent an unreadable result") from None
+        raise _Nonsense("the worker sent an unreadable result") from None
     if [image.seed for image in result.images] != job.seeds:
-        raise InferenceFailed("the worker sent images for other seeds than asked")
+        raise _Nonsense("the worker sent images for other seeds than asked")
     return result
 
 

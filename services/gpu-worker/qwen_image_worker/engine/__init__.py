@@ -1,1 +1,1 @@
-"""Model loading, the demo model, and generation: everything that touches torch."""
+"""Model loading, the demo model and generation (these touch torch), and a simulated engine."""

@@ -4,6 +4,8 @@ Every lever computes the same function as the stock pipeline; only the order of 
 rounding changes (see `lossless_tolerance`). Each one is chosen by WorkerSettings and can be
 switched off. They act on CUDA only: on a CPU `accelerate` leaves the pipeline as it
 is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agnostic ones.
+Two opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and
+the first-block step cache (step_cache.py); `accelerate` pulls them too.
 
 The text mask needs no lever: for one prompt the stock pipeline drops an all-ones mask, and
 the engine only ever sends one prompt, so the transformer sees no mask (a mask costs 10-25 %
@@ -32,6 +34,8 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
+from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,8 @@ _PIXELS_PER_TOKEN = 16 * 16
 _CAPTURE_WARMUP_RUNS = 2
 # Graphs are per (image size, text length, batch); the least recently used beyond this go.
 _MAX_GRAPHS = 64
+# torch._scaled_mm's e4m3 matmuls: Ada (8.9), Hopper (9.0) and newer.
+_FP8_CAPABILITY = (8, 9)
 
 _SDPA_ORDER: dict[str, list[SDPBackend]] = {
     "cudnn": [
@@ -108,6 +114,10 @@ class Levers:
     vae_conv2d: bool = False
     vae_channels_last: bool = False
     compile_vae: bool = False
+    fp8_matmuls: bool = False
+    fp8_rowwise: bool = True
+    fp8_bf16_edge_blocks: int = 1
+    step_cache_threshold: float = 0.0  # 0: no step cache
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> Levers:
@@ -122,6 +132,10 @@ class Levers:
             vae_conv2d=settings.vae_conv2d,
             vae_channels_last=settings.vae_channels_last,
             compile_vae=settings.compile_vae,
+            fp8_matmuls=settings.fp8_matmuls,
+            fp8_rowwise=settings.fp8_scaling == "row",
+            fp8_bf16_edge_blocks=settings.fp8_bf16_edge_blocks,
+            step_cache_threshold=settings.step_cache_threshold if settings.step_cache else 0.0,
         )
 
     @classmethod
@@ -131,10 +145,13 @@ class Levers:
 
 @dataclass
 class Accelerated:
-    """What `accelerate` did to a pipeline; `forward` is set when the transformer is wrapped."""
+    """What `accelerate` did to a pipeline; `forward` is set when the transformer is wrapped,
+    `fp8` and `step_cache` when those fast modes are on."""
 
     active: list[str] = field(default_factory=list)
     forward: AcceleratedForward | None = None
+    fp8: Fp8Report | None = None
+    step_cache: CachedBlocks | None = None
 
     @property
     def per_shape(self) -> bool:
@@ -146,7 +163,9 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     """Pull `levers` on `pipe` in place, after it was moved to its device (see `fuse_qkv`).
 
     On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
-    2-D VAE convolutions, channels-last, SDPA order) are pulled and the CUDA-only ones skipped.
+    2-D VAE convolutions, channels-last, SDPA order, FP8 through the CPU's torch._scaled_mm,
+    the step cache) are pulled and the CUDA-only ones (compile, graphs) skipped. FP8 on a GPU
+    older than Ada or Hopper raises: that setting cannot be honoured there.
     """
     done = Accelerated()
     parts: Any = pipe
@@ -158,6 +177,15 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     if levers.fuse_qkv:
         fuse_qkv(transformer)
         done.active.append("fuse_qkv")
+    if levers.fp8_matmuls:
+        capability = torch.cuda.get_device_capability(parts.device) if on_cuda else None
+        if capability is not None and capability < _FP8_CAPABILITY:
+            raise RuntimeError(
+                "FP8_MATMULS needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+                f"this one is {capability[0]}.{capability[1]}"
+            )
+        done.fp8 = quantise_blocks(transformer, levers.fp8_rowwise, levers.fp8_bf16_edge_blocks)
+        done.active.append("fp8_row" if levers.fp8_rowwise else "fp8_tensor")
     if levers.vae_conv2d:
         use_conv2d_for_single_frames(parts.vae)
         done.active.append("vae_conv2d")
@@ -173,7 +201,11 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     if on_cuda and levers.compile_vae:
         parts.vae.decoder.compile(dynamic=True, mode=mode)
         done.active.append("compile_vae")
-    graph_pixels = levers.cuda_graph_max_pixels if on_cuda else 0
+    if levers.step_cache_threshold > 0:
+        done.step_cache = install_step_cache(transformer, levers.step_cache_threshold)
+        done.active.append("step_cache")
+    # The step cache decides on the host between blocks: no graph can hold such a forward.
+    graph_pixels = levers.cuda_graph_max_pixels if on_cuda and done.step_cache is None else 0
     order = _SDPA_ORDER.get(levers.attention_backend)
     if order is not None or graph_pixels > 0:
         done.forward = AcceleratedForward(transformer.forward, order, graph_pixels)

@@ -27,8 +27,12 @@ _LATENT_CHANNELS = 4
 _HEAD_DIM = 16
 
 
-def build_demo_pipeline() -> QwenImagePipeline:
-    """The demo model, in float32 on the CPU; the caller moves it where it runs."""
+def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
+    """The demo model, in float32 on the CPU; the caller moves it where it runs.
+
+    `num_layers` > 1 gives a deeper transformer (tests and the benchmark's --tiny run): the
+    modes that treat blocks differently (FP8's bf16 edge blocks, the step cache) need several.
+    """
     torch.manual_seed(DEMO_SEED)
     tokenizer = Qwen2Tokenizer(
         vocab={symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))},
@@ -42,7 +46,7 @@ def build_demo_pipeline() -> QwenImagePipeline:
         patch_size=2,
         in_channels=_LATENT_CHANNELS * 4,
         out_channels=_LATENT_CHANNELS,
-        num_layers=1,
+        num_layers=num_layers,
         attention_head_dim=_HEAD_DIM,
         num_attention_heads=1,
         joint_attention_dim=_TEXT_HIDDEN,

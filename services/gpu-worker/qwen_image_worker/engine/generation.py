@@ -10,30 +10,17 @@ import gc
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from diffusers import QwenImagePipeline
 from PIL import Image
 
+from qwen_image_worker.engine.base import ImageSpec, StopRequested
+
 # diffusers skips true CFG when no negative prompt is given; one space keeps it on, as the
 # Qwen-Image reference code does.
 _EMPTY_NEGATIVE_PROMPT = " "
-
-
-class StopRequested(Exception):
-    """Raised from the step callback when the job's deadline passed or its caller left."""
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
 
 
 class Engine:
@@ -77,17 +64,23 @@ class Engine:
                 raise StopRequested
             return kwargs
 
-        result = self.pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT,
-            true_cfg_scale=spec.guidance_scale,
-            width=gen_width,
-            height=gen_height,
-            num_inference_steps=spec.num_inference_steps,
-            generator=generator,
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-        )
+        try:
+            result = self.pipe(
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT,
+                true_cfg_scale=spec.guidance_scale,
+                width=gen_width,
+                height=gen_height,
+                num_inference_steps=spec.num_inference_steps,
+                generator=generator,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+            )
+        except BaseException:
+            # A call cut short skips the pipeline's end-of-call reset of stateful hooks (the
+            # step cache's per-branch state): reset here, so the next image starts clean.
+            self.pipe.maybe_free_model_hooks()
+            raise
         image: Image.Image = result.images[0]
         return center_crop(image, spec.width, spec.height)
 

@@ -68,12 +68,13 @@ class ReadyFilter:
 
 
 class NotBlockedFilter:
-    """Drops workers that refused a job or failed to answer until their block ends."""
+    """Drops workers that refused a job, failed to answer, or answered nonsense, until
+    their block ends."""
 
     reason: SaturationReason = "all_full"
 
     def filter(self, workers: list[WorkerState], now: float) -> list[WorkerState]:
-        return [w for w in workers if w.blocked_until <= now]
+        return [w for w in workers if w.blocked_until <= now and w.faulty_until <= now]
 
 
 class FreeCapacityFilter:

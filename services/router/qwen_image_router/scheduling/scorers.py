@@ -19,3 +19,10 @@ class LeastLoadedScorer:
         if worker.load is None:
             return 0.0
         return max(0.0, 1.0 - used_slots(worker) / worker.load.capacity)
+
+
+class NoPreferenceScorer:
+    """Rates every candidate alike, so the picker alone decides (round-robin, random)."""
+
+    def score(self, worker: WorkerState) -> float:
+        return 1.0

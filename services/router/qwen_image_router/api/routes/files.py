@@ -8,14 +8,19 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 from qwen_image_router.api.deps import RuntimeDep, SettingsDep
+from qwen_image_router.errors import error_doc
 
 router = APIRouter(tags=["images"])
 
 IMAGE_ROUTE_NAME = "get_image"
 
 
-@router.api_route(
-    "/images/{file}", methods=["GET", "HEAD"], name=IMAGE_ROUTE_NAME, response_class=FileResponse
+@router.head("/images/{file}", include_in_schema=False)
+@router.get(
+    "/images/{file}",
+    name=IMAGE_ROUTE_NAME,
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, 404: error_doc("Image not found")},
 )
 async def get_image(file: str, settings: SettingsDep, runtime: RuntimeDep) -> FileResponse:
     path = await asyncio.to_thread(runtime.storage.path_for, file)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from qwen_image_router.api.deps import RuntimeDep, SettingsDep
+from qwen_image_router.errors import error_doc
 from qwen_image_router.scheduling.filters import is_fresh, is_ready
 from qwen_image_router.schemas import HealthStatus, ReadyStatus
 
@@ -18,7 +19,7 @@ async def healthz(settings: SettingsDep) -> HealthStatus:
     return HealthStatus(model=settings.model_name)
 
 
-@router.get("/readyz", response_model=ReadyStatus, responses={503: {"description": "No worker"}})
+@router.get("/readyz", response_model=ReadyStatus, responses={503: error_doc("No worker is ready")})
 async def readyz(settings: SettingsDep, runtime: RuntimeDep) -> ReadyStatus | JSONResponse:
     """200 once at least one worker's fresh report says ready, else 503."""
     registry = runtime.registry

@@ -15,7 +15,13 @@ from qwen_image_common.contract import GeneratedImage
 from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
 from qwen_image_router.api.disconnect import run_until_disconnected
 from qwen_image_router.api.routes.files import IMAGE_ROUTE_NAME
-from qwen_image_router.errors import InferenceFailed, ModelNotAvailable, RouterError, StorageFailed
+from qwen_image_router.errors import (
+    InferenceFailed,
+    ModelNotAvailable,
+    RouterError,
+    StorageFailed,
+    error_doc,
+)
 from qwen_image_router.generation import Generation
 from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
 from qwen_image_router.settings import RouterSettings
@@ -33,8 +39,10 @@ GENERATIONS_PATH = "/v1/images/generations"
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     responses={
-        400: {"description": "Validation error or unknown model"},
-        500: {"description": "Task queue is full, Task timeout, or Inference failed"},
+        400: error_doc("Validation error: <field>: <what>, or Model not available: <name>"),
+        401: error_doc("Invalid or missing API key (only when API_KEYS is set)"),
+        413: error_doc("Request body too large"),
+        500: error_doc("Task queue is full, Task timeout, or Inference failed: <reason>"),
     },
 )
 async def create_images(

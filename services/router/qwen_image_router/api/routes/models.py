@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 
 from qwen_image_router.api.deps import SettingsDep
+from qwen_image_router.errors import error_doc
 from qwen_image_router.schemas import ModelCard, ModelList
 from qwen_image_router.settings import RouterSettings
 
@@ -23,7 +24,7 @@ async def list_models(settings: SettingsDep, request: Request) -> ModelList:
     return ModelList(data=[_card(settings, request)])
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", responses={404: error_doc("Model not found")})
 async def get_model(model_id: str, settings: SettingsDep, request: Request) -> ModelCard:
     """What `client.models.retrieve(...)` asks; the name matches in any letter case."""
     if model_id.casefold() != settings.model_name.casefold():

@@ -1,0 +1,54 @@
+"""A stand-in for the model, for load and fault tests of the real worker program.
+
+MODEL_PATH=simulated: every denoising step is a sleep of SIMULATED_STEP_SECONDS, and
+`should_stop` is asked after each step exactly as the real engine's step callback asks it,
+so deadlines, cancellation, the queue, the HTTP API, metrics and drain all behave as with
+a GPU. The image is one flat colour (from the seed) of exactly the requested size. It
+never imports torch, so a simulated worker is a small process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from qwen_image_worker.engine.base import ImageSpec, StopRequested
+
+SIMULATED_MODEL_PATH = "simulated"
+
+
+class SimulatedEngine:
+    """Sleeps `step_seconds` per step; same seed, same picture."""
+
+    def __init__(
+        self,
+        step_seconds: float,
+        on_step: Callable[[float], None] | None = None,
+        warmup_sizes: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        self.step_seconds = step_seconds
+        self._on_step = on_step
+        self.warmup_sizes = tuple(warmup_sizes)
+
+    def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Image.Image:
+        last = time.perf_counter()
+        for _ in range(spec.num_inference_steps):
+            time.sleep(self.step_seconds)
+            now = time.perf_counter()
+            if self._on_step is not None:
+                self._on_step(now - last)
+            last = now
+            if should_stop():
+                raise StopRequested
+        colour = (spec.seed % 256, (spec.seed >> 8) % 256, (spec.seed >> 16) % 256)
+        return Image.new("RGB", (spec.width, spec.height), colour)
+
+    def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
+        """One image, as the real engine without per-shape levers makes."""
+        self.generate(spec, lambda: False)
+        return [(spec.width, spec.height)]
+
+    def release_memory(self) -> None:
+        return None
