@@ -468,15 +468,19 @@ def main() -> None:
                 )
             )
             busy = worker_busy_seconds(stack.worker_urls) - busy_before
-            # Busy time over the capacity the arrival window offered: the share served.
+            # Busy time over the capacity of the arrival window (the work served, which may
+            # exceed it when accepted jobs finish after the window), and over the whole run.
             utilisation = busy / (args.workers * args.duration)
+            busy_share = busy / (args.workers * report.window) if report.window else 0.0
             report.print()
             print(
-                f"worker utilisation: {100 * utilisation:.1f} % "
+                f"worker utilisation: {100 * utilisation:.1f} % of the arrival window's "
+                f"capacity, busy {100 * busy_share:.1f} % of the time until the last answer "
                 f"({args.workers} workers, mean simulated job {service:.2f} s)"
             )
             extra = {
                 "utilisation": utilisation,
+                "busy_share": busy_share,
                 "workers": args.workers,
                 "routers": args.routers,
                 "policy": args.policy,
