@@ -70,8 +70,9 @@ from qwen_image_worker.engine.acceleration import (
     lossless_tolerance,
     relative_error,
 )
+from qwen_image_worker.engine.base import ImageSpec
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
-from qwen_image_worker.engine.generation import Engine, ImageSpec
+from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
 from qwen_image_worker.settings import WorkerSettings, parse_sizes

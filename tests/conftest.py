@@ -1,8 +1,12 @@
-"""Suite-wide collection rules."""
+"""Suite-wide collection rules, and fixtures more than one test folder uses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from support.k8s_api_stub import EndpointSliceApiStub
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -15,3 +19,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if gpu:
         items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
         config.hook.pytest_deselected(items=gpu)
+
+
+@pytest.fixture
+def api() -> Iterator[EndpointSliceApiStub]:
+    """A running EndpointSlice list/watch stub (tests/support/k8s_api_stub.py)."""
+    stub = EndpointSliceApiStub()
+    stub.start()
+    yield stub
+    stub.stop()

@@ -6,7 +6,6 @@ the next issue); everything else is real: kubeconfig loading, the watch, HTTP to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.integration
 
 NAMESPACE = "qwen-image"
 SERVICE = "qwen-image-worker"
-
-
-@pytest.fixture
-def api() -> Iterator[EndpointSliceApiStub]:
-    stub = EndpointSliceApiStub()
-    stub.start()
-    yield stub
-    stub.stop()
 
 
 def worker_slice(name: str, port: int, ready: bool) -> dict:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,6 @@ NAMESPACE = "workers"
 SERVICE = "qwen-image-worker"
 SELECTOR = f"kubernetes.io/service-name={SERVICE}"
 LOGGER = "qwen_image_router.discovery.kubernetes"
-
-
-@pytest.fixture
-def api() -> Iterator[EndpointSliceApiStub]:
-    stub = EndpointSliceApiStub()
-    stub.start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture

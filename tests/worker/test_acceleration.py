@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import QwenImageTransformer2DModel
 from pydantic import ValidationError
 
 from qwen_image_worker.engine.acceleration import (
@@ -25,36 +24,11 @@ from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import spec
+from .conftest import forward_inputs, random_transformer, spec
 
 
 def rel_l2(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     return relative_error(torch.tensor(np.asarray(a)), torch.tensor(np.asarray(b)))
-
-
-def small_transformer() -> QwenImageTransformer2DModel:
-    """Several heads and layers, unlike the demo model's one, so head splits are exercised."""
-    torch.manual_seed(0)
-    return QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=3,
-        joint_attention_dim=16,
-        axes_dims_rope=(8, 4, 4),
-    ).eval()
-
-
-def forward_inputs(tokens_h: int, tokens_w: int, text: int) -> dict[str, object]:
-    return {
-        "hidden_states": torch.randn(2, tokens_h * tokens_w, 16),
-        "encoder_hidden_states": torch.randn(2, text, 16),
-        "timestep": torch.full((2,), 0.5),
-        "img_shapes": [[(1, tokens_h, tokens_w)]] * 2,
-        "return_dict": False,
-    }
 
 
 def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
@@ -180,8 +154,8 @@ def storage_bytes(module: torch.nn.Module) -> int:
 
 
 def test_fused_qkv_computes_the_stock_function_without_new_memory() -> None:
-    transformer = small_transformer()
-    inputs = forward_inputs(8, 8, 7)
+    transformer = random_transformer(layers=2, heads=3, text_dim=16)
+    inputs = forward_inputs(8, 8, 7, text_dim=16)
     before = storage_bytes(transformer)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
@@ -200,18 +174,18 @@ def test_fused_qkv_computes_the_stock_function_without_new_memory() -> None:
 def test_the_fused_block_compiles_once_for_every_image_size_and_text_length() -> None:
     """No request pays for compilation: dynamic shapes cover new prompt lengths and sizes."""
     torch._dynamo.reset()
-    transformer = small_transformer()
+    transformer = random_transformer(layers=2, heads=3, text_dim=16)
     fuse_qkv(transformer)
     # Sizes that equal no model width: dynamo would tie equal sizes to one symbol.
-    first = forward_inputs(5, 7, 9)
+    first = forward_inputs(5, 7, 9, text_dim=16)
     with torch.no_grad():
         eager = transformer(**first)[0]
         for block in transformer.transformer_blocks:
             block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
         torch._dynamo.utils.counters.clear()
         compiled = transformer(**first)[0]
-        transformer(**forward_inputs(6, 7, 11))
-        transformer(**forward_inputs(3, 10, 23))
+        transformer(**forward_inputs(6, 7, 11, text_dim=16))
+        transformer(**forward_inputs(3, 10, 23, text_dim=16))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert rel_l2(compiled, eager) < 1e-6
     torch._dynamo.reset()

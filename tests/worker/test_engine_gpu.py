@@ -22,7 +22,8 @@ from qwen_image_worker.engine.acceleration import (
     lossless_tolerance,
     relative_error,
 )
-from qwen_image_worker.engine.generation import Engine, StopRequested
+from qwen_image_worker.engine.base import StopRequested
+from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
 

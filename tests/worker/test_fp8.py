@@ -20,32 +20,14 @@ from qwen_image_worker.engine.fp8 import (
     quantise_blocks,
 )
 
+from .conftest import forward_inputs, random_transformer
+
 # e4m3 keeps 3 mantissa bits: rounding moves a normal number by at most 2^-4 of itself.
 E4M3_ROUNDING = 2.0**-4
 
 
 def deep_transformer(layers: int = 4) -> QwenImageTransformer2DModel:
-    torch.manual_seed(0)
-    return QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=(8, 4, 4),
-    ).eval()
-
-
-def forward_inputs(tokens_h: int, tokens_w: int, text: int) -> dict[str, object]:
-    return {
-        "hidden_states": torch.randn(2, tokens_h * tokens_w, 16),
-        "encoder_hidden_states": torch.randn(2, text, 32),
-        "timestep": torch.full((2,), 0.5),
-        "img_shapes": [[(1, tokens_h, tokens_w)]] * 2,
-        "return_dict": False,
-    }
+    return random_transformer(layers=layers, heads=2, text_dim=32)
 
 
 def rows_of_many_magnitudes() -> torch.Tensor:
@@ -148,7 +130,7 @@ def test_the_fp8_transformer_stays_near_the_float_one(edge: int) -> None:
     fast = deep_transformer()
     fuse_qkv(fast)
     quantise_blocks(fast, rowwise=True, bf16_edge_blocks=edge)
-    inputs = forward_inputs(6, 5, 9)
+    inputs = forward_inputs(6, 5, 9, text_dim=32)
     with torch.no_grad():
         error = relative_error(fast(**inputs)[0], exact(**inputs)[0])
     assert 1e-3 < error < 0.05
@@ -160,15 +142,15 @@ def test_an_fp8_block_compiles_once_for_every_size_and_text_length() -> None:
     transformer = deep_transformer(layers=2)
     fuse_qkv(transformer)
     quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
-    first = forward_inputs(5, 7, 9)
+    first = forward_inputs(5, 7, 9, text_dim=32)
     with torch.no_grad():
         eager = transformer(**first)[0]
         for block in transformer.transformer_blocks:
             block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
         torch._dynamo.utils.counters.clear()
         compiled = transformer(**first)[0]
-        transformer(**forward_inputs(6, 7, 11))
-        transformer(**forward_inputs(3, 10, 23))
+        transformer(**forward_inputs(6, 7, 11, text_dim=32))
+        transformer(**forward_inputs(3, 10, 23, text_dim=32))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert relative_error(compiled, eager) < 1e-6
     torch._dynamo.reset()

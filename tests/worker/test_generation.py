@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qwen_image_worker.engine.generation import Engine, StopRequested
+from qwen_image_worker.engine.base import StopRequested
+from qwen_image_worker.engine.generation import Engine
 
 from .conftest import spec
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from qwen_image_common.contract import JobRequest
-from qwen_image_worker.engine.generation import Engine, ImageSpec
+from qwen_image_worker.engine.base import ImageSpec
+from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.errors import (
     InferenceFailed,
     JobCancelled,

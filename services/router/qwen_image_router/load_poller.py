@@ -18,6 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from qwen_image_common.contract import LOAD_PATH, WorkerLoad
+from qwen_image_common.tasks import cancel_and_wait
 from qwen_image_router.registry import WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,8 @@ class LoadPoller:
         self._task = asyncio.create_task(self._run(), name="load-poller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         polls = list(self._polling.values())
         for poll in polls:
             poll.cancel()

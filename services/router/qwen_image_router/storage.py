@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwen_image_common.tasks import cancel_and_wait
+
 logger = logging.getLogger(__name__)
 
 IMAGE_NAME = re.compile(r"[0-9a-f]{32}\.png")
@@ -163,11 +165,8 @@ class RetentionTask:
         self._task = asyncio.create_task(self._run(), name="image-retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

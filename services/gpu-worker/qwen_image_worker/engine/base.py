@@ -7,6 +7,7 @@ dozens of them fit on a small machine for load and fault tests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,26 @@ from PIL import Image
 
 class StopRequested(Exception):
     """Raised from the step callback when the job's deadline passed or its caller left."""
+
+
+class StepMonitor:
+    """What every engine does after a denoising step: report how long it took, and stop the
+    job (by raising StopRequested) when its deadline passed or its caller left."""
+
+    def __init__(
+        self, on_step: Callable[[float], None] | None, should_stop: Callable[[], bool]
+    ) -> None:
+        self._on_step = on_step
+        self._should_stop = should_stop
+        self._last = time.perf_counter()
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        if self._on_step is not None:
+            self._on_step(now - self._last)
+        self._last = now
+        if self._should_stop():
+            raise StopRequested
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -16,7 +15,7 @@ import torch
 from diffusers import QwenImagePipeline
 from PIL import Image
 
-from qwen_image_worker.engine.base import ImageSpec, StopRequested
+from qwen_image_worker.engine.base import ImageSpec, StepMonitor
 
 # diffusers skips true CFG when no negative prompt is given; one space keeps it on, as the
 # Qwen-Image reference code does.
@@ -50,18 +49,12 @@ class Engine:
         gen_width, gen_height = self.generation_size(spec.width, spec.height)
         # A CPU generator gives the same noise on every device, so a seed means one picture.
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        last = time.perf_counter()
+        monitor = StepMonitor(self._on_step, should_stop)
 
         def on_step_end(
             _pipe: QwenImagePipeline, _i: int, _t: torch.Tensor, kwargs: dict[str, torch.Tensor]
         ) -> dict[str, torch.Tensor]:
-            nonlocal last
-            now = time.perf_counter()
-            if self._on_step is not None:
-                self._on_step(now - last)
-            last = now
-            if should_stop():
-                raise StopRequested
+            monitor.step_done()
             return kwargs
 
         try:

@@ -10,11 +10,11 @@ never imports torch, so a simulated worker is a small process.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from PIL import Image
 
-from qwen_image_worker.engine.base import ImageSpec, StopRequested
+from qwen_image_worker.engine.base import ImageSpec, StepMonitor
 
 SIMULATED_MODEL_PATH = "simulated"
 
@@ -22,26 +22,15 @@ SIMULATED_MODEL_PATH = "simulated"
 class SimulatedEngine:
     """Sleeps `step_seconds` per step; same seed, same picture."""
 
-    def __init__(
-        self,
-        step_seconds: float,
-        on_step: Callable[[float], None] | None = None,
-        warmup_sizes: Sequence[tuple[int, int]] = (),
-    ) -> None:
+    def __init__(self, step_seconds: float, on_step: Callable[[float], None] | None = None) -> None:
         self.step_seconds = step_seconds
         self._on_step = on_step
-        self.warmup_sizes = tuple(warmup_sizes)
 
     def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Image.Image:
-        last = time.perf_counter()
+        monitor = StepMonitor(self._on_step, should_stop)
         for _ in range(spec.num_inference_steps):
             time.sleep(self.step_seconds)
-            now = time.perf_counter()
-            if self._on_step is not None:
-                self._on_step(now - last)
-            last = now
-            if should_stop():
-                raise StopRequested
+            monitor.step_done()
         colour = (spec.seed % 256, (spec.seed >> 8) % 256, (spec.seed >> 16) % 256)
         return Image.new("RGB", (spec.width, spec.height), colour)
 
