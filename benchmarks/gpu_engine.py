@@ -16,8 +16,9 @@ run once more with another exact attention kernel in the transformer; a fast mod
 step cache) against the lossless variant's output, reported, not judged. The "lossless"
 variant also fills the stock-vs-engine `rows` and, unless switched off, runs images per
 second by batch size (one pipeline call per batch of equal-length prompts), the real
-JobQueue under a full queue (busy fraction), and at CUDA-graph sizes a probe of the forward
-alone (batch 1 and 2: what a whole-step graph or batched CFG could still gain).
+JobQueue under a full queue by batch limit (images/s, busy fraction, each job's picture
+against one-at-a-time), and at CUDA-graph sizes a probe of the forward alone (batch 1 and 2:
+what a whole-step graph or batched CFG could still gain).
 
   python benchmarks/gpu_engine.py --out report.json             # full size, CUDA, 50 steps
   python benchmarks/gpu_engine.py --steps 12 --budget-s 300 \\
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import io
 import itertools
 import json
 import statistics
@@ -42,13 +45,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKLQwenImage,
@@ -56,6 +60,7 @@ from diffusers import (
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
+from PIL import Image
 from report_table import table
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -70,7 +75,7 @@ from qwen_image_worker.engine.acceleration import (
     lossless_tolerance,
     relative_error,
 )
-from qwen_image_worker.engine.base import ImageSpec
+from qwen_image_worker.engine.base import BatchLimit, ImageSpec
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.metrics import WorkerMetrics
@@ -192,7 +197,6 @@ class Plan:
     batch_sizes: list[tuple[int, int]]
     batches: list[int]
     batch_steps: int
-    queue_size: tuple[int, int]
     queue_jobs: int
     queue_steps: int
     warmup_sizes: list[tuple[int, int]]
@@ -224,8 +228,12 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         type=parse_variants,
         help=f"engine variants, in order (default: lossless; --tiny: all): {', '.join(VARIANTS)}",
     )
-    parser.add_argument("--batch-sizes", help="WxH,... of the throughput-by-batch runs")
-    parser.add_argument("--batches", help="batch sizes, e.g. 1,2,4,8")
+    parser.add_argument(
+        "--batch-sizes", help="WxH,... of the throughput-by-batch and full-queue runs"
+    )
+    parser.add_argument(
+        "--batches", help="batch sizes (BATCH_MAX_IMAGES in the queue), e.g. 1,2,4,8"
+    )
     parser.add_argument("--batch-steps", type=int, help="steps of each throughput run")
     parser.add_argument("--queue-jobs", type=int, help="jobs sent at once to the real JobQueue")
     parser.add_argument("--queue-steps", type=int, help="steps of each queued job")
@@ -239,7 +247,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         help="skip stock's second run under another attention kernel (tolerance: the floor)",
     )
     parser.add_argument("--no-throughput", action="store_true", help="skip images/s by batch")
-    parser.add_argument("--no-queue", action="store_true", help="skip the full-queue run")
+    parser.add_argument("--no-queue", action="store_true", help="skip the full-queue runs")
     parser.add_argument("--no-probe", action="store_true", help="skip the forward-alone probe")
     parser.add_argument(
         "--budget-s", type=float, help="skip sections that would start after this many seconds"
@@ -256,8 +264,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         batch_sizes=parse_sizes(args.batch_sizes or ("128x128" if tiny else "512x512,256x256")),
         batches=[int(b) for b in (args.batches or ("1,2" if tiny else "1,2,4,8")).split(",")],
         batch_steps=args.batch_steps or (2 if tiny else 8),
-        queue_size=(64, 64) if tiny else (512, 512),
-        queue_jobs=args.queue_jobs or (3 if tiny else 8),
+        queue_jobs=args.queue_jobs or (4 if tiny else 16),
         queue_steps=args.queue_steps or (2 if tiny else 10),
         warmup_sizes=parse_sizes(
             args.warmup_sizes or ("64x64,96x64" if tiny else WorkerSettings().warmup_sizes)
@@ -500,9 +507,14 @@ class Report:
                 "figure is rougher than the others",
                 "every variant is built again from the same seed: the same weights",
                 "throughput rows call the pipeline with a batch of equal-length prompts (no "
-                "text mask); the worker's queue runs one image per pipeline call today",
-                "queue.engine_busy_fraction = time inside Engine.generate / wall time; "
-                "queue.gpu_utilisation_nvml = mean of NVML's kernel-running samples",
+                "text mask)",
+                "queue rows: queue_jobs jobs of one size sent at once to the worker's JobQueue, "
+                "prompts of three lengths (batches pad and mask), batch_max_images per call; "
+                "each after an untimed one-step pass that forms the same batches (compiles, "
+                "graph captures); engine_busy_fraction = time inside Engine.generate_batch / "
+                "wall time; gpu_utilisation_nvml = mean of NVML's kernel-running samples; "
+                "pixels_vs_batch_1 = the largest relative_error of a job's PNG against its PNG "
+                "from batch_max_images 1, judged by the lossless rule",
                 "probe: the transformer forward alone (no mask, equal text lengths), batch 1 "
                 "and 2; step_minus_two_forwards_s bounds what a graph of the whole step could "
                 "save, batched_cfg_saving_s what cond+uncond in one forward could",
@@ -511,6 +523,7 @@ class Report:
             "rows": [],
             "variants": [],
             "throughput": [],
+            "queue": [],
             "errors": [],
             "skipped": [],
         }
@@ -628,10 +641,12 @@ class TimedEngine(Engine):
 
     busy_s = 0.0
 
-    def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Any:
+    def generate_batch(
+        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+    ) -> list[Image.Image]:
         started = time.perf_counter()
         try:
-            return super().generate(spec, should_stop)
+            return super().generate_batch(specs, should_stop)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -685,6 +700,7 @@ class Bench:
             bool(rows)
             and all(row.get("match") is True for row in rows)
             and all(row.get("match") is True for row in lossless_rows)
+            and all(row.get("match") is True for row in self.data["queue"])
         )
         self.data["complete"] = not self.data["errors"] and not self.data["skipped"]
         self.data["elapsed_s"] = round(self.clock.elapsed(), 1)
@@ -862,10 +878,8 @@ class Bench:
         """What round 1 measured of the default engine: images/s by batch, a full queue."""
         if self.plan.throughput:
             self.throughput("engine")
-        if self.plan.queue and not self.over_budget("queue"):
-            with self.report.section("queue"):
-                self.data["queue"] = asyncio.run(self.full_queue())
-                log(f"queue: {self.data['queue']}")
+        if self.plan.queue:
+            self.full_queues()
         if self.done.forward is not None:
             self.data["graphs"] = vars(self.done.forward.stats)
         self.data["max_memory_gib_engine"] = self.peak()
@@ -927,31 +941,84 @@ class Bench:
                     row[side] = timed | {"first_call_s": first["total_s"]}
                     log(f"{what}: {timed}")
 
-    async def full_queue(self) -> dict[str, Any]:
-        """`queue_jobs` jobs sent at once to the worker's real JobQueue over the real engine."""
+    def full_queues(self) -> None:
+        """The worker's real JobQueue over the real engine, `queue_jobs` jobs sent at once, per
+        size and batch limit: images/s, the engine's busy fraction, and each job's picture
+        against the one it got one image at a time (batch limit 1, the first row)."""
         plan = self.plan
-        engine = TimedEngine(self.pipe)
-        queue = JobQueue(plan.queue_jobs - 1, WorkerMetrics())
-        await queue.start(lambda: engine, job_spec(plan.queue_size, 1))
+        self.data["queue"] = []
+        for size in plan.batch_sizes:
+            alone: tuple[dict[str, Any], list[torch.Tensor]] | None = None
+            for limit in plan.batches:
+                what = f"queue {label(size)} batch {limit}"
+                if self.over_budget(what):
+                    return
+                with self.report.section(what):
+                    # Untimed: the same jobs at one step form the same batches, so graph
+                    # captures and compiles of new batch shapes happen here.
+                    asyncio.run(self.full_queue(size, limit, 1))
+                    row, pixels = asyncio.run(self.full_queue(size, limit, plan.queue_steps))
+                    if limit == 1:
+                        alone = (row, pixels)
+                    if alone is not None:
+                        self.compare_queue(row, size, pixels, *alone)
+                    self.data["queue"].append(row)
+                    log(f"{what}: {row}")
+
+    def compare_queue(
+        self,
+        row: dict[str, Any],
+        size: tuple[int, int],
+        pixels: list[torch.Tensor],
+        first: dict[str, Any],
+        alone: list[torch.Tensor],
+    ) -> None:
+        row["speedup_vs_batch_1"] = round(row["images_per_s"] / first["images_per_s"], 3)
+        # Stock's spread where this size has a row; the floor elsewhere.
+        spread = next(
+            (r.get("stock_spread", {}) for r in self.data["rows"] if r["size"] == label(size)),
+            {},
+        )
+        tolerance = lossless_tolerance(spread.get("pixels", 0.0))
+        error = max(
+            relative_error(ours, theirs) for ours, theirs in zip(pixels, alone, strict=True)
+        )
+        row["pixels_vs_batch_1"] = round(error, 6)
+        row["tolerance"] = round(tolerance, 6)
+        row["match"] = error <= tolerance
+
+    async def full_queue(
+        self, size: tuple[int, int], limit: int, steps: int
+    ) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        plan = self.plan
+        engine = TimedEngine(self.pipe, batch=BatchLimit(max_images=limit, max_pixels=1 << 40))
+        metrics = WorkerMetrics()
+        queue = JobQueue(plan.queue_jobs - 1, metrics)
+        await queue.start(lambda: engine, job_spec(size, 1))
         engine.busy_s = 0.0
         start_sampling, stop_sampling = gpu_utilisation_sampler()
         if plan.device.type == "cuda":
             start_sampling()
         started = time.perf_counter()
-        jobs = [queue.submit(queued_job(plan, i)) for i in range(plan.queue_jobs)]
-        await asyncio.gather(*(job.future for job in jobs))
+        jobs = [queue.submit(queued_job(size, steps, i)) for i in range(plan.queue_jobs)]
+        results = await asyncio.gather(*(job.future for job in jobs))
         wall = time.perf_counter() - started
         utilisation = stop_sampling() if plan.device.type == "cuda" else None
         await queue.stop()
-        return {
-            "size": label(plan.queue_size),
+        calls = metrics.batch_images.collect()[0].samples
+        count = next(sample.value for sample in calls if sample.name.endswith("_count"))
+        row = {
+            "size": label(size),
+            "batch_max_images": limit,
             "jobs": plan.queue_jobs,
-            "steps": plan.queue_steps,
+            "steps": steps,
+            "pipeline_calls": int(count),
             "wall_s": round(wall, 3),
             "images_per_s": round(plan.queue_jobs / wall, 4),
             "engine_busy_fraction": round(engine.busy_s / wall, 4),
             "gpu_utilisation_nvml": utilisation,
         }
+        return row, [png_pixels(result.images[0].png_b64) for result in results]
 
     def over_budget(self, what: str) -> bool:
         if self.plan.budget_s is None or self.clock.elapsed() < self.plan.budget_s:
@@ -972,17 +1039,23 @@ class Bench:
         return round(gib, 1)
 
 
-def queued_job(plan: Plan, index: int) -> JobRequest:
+def queued_job(size: tuple[int, int], steps: int, index: int) -> JobRequest:
+    """Prompts of three lengths, as users send them: batches pad and mask the shorter ones."""
     return JobRequest(
         job_id=f"bench-{index}",
-        prompt=f"{PROMPT}, take {index:02d}",
-        width=plan.queue_size[0],
-        height=plan.queue_size[1],
-        num_inference_steps=plan.queue_steps,
+        prompt=f"{PROMPT}, take {index:02d}" + ", again" * (index % 3),
+        width=size[0],
+        height=size[1],
+        num_inference_steps=steps,
         guidance_scale=CFG_SCALE,
         seeds=[SEED + index],
         timeout_seconds=3600,
     )
+
+
+def png_pixels(png_b64: str) -> torch.Tensor:
+    with Image.open(io.BytesIO(base64.b64decode(png_b64))) as image:
+        return torch.from_numpy(np.asarray(image, dtype=np.float64))
 
 
 def deviation(value: Outputs, reference: Outputs) -> dict[str, Any]:

@@ -39,8 +39,14 @@ def table(data: dict[str, Any]) -> str:
             f"stock {fmt(s.get('images_per_s_at_50_steps'))} engine "
             f"{fmt(e.get('images_per_s_at_50_steps'))}"
         )
-    if "queue" in data:
-        lines.append(f"queue: {data['queue']}")
+    for row in data.get("queue", []):
+        lines.append(
+            f"queue {row['size']} batch<={row['batch_max_images']}: {row['jobs']} jobs in "
+            f"{row['pipeline_calls']} calls, images/s {fmt(row['images_per_s'])} "
+            f"(x{fmt(row.get('speedup_vs_batch_1'))}), busy {fmt(row['engine_busy_fraction'])}, "
+            f"nvml {fmt(row['gpu_utilisation_nvml'])}, pixels vs batch 1 "
+            f"{fmt(row.get('pixels_vs_batch_1'))} ok {row.get('match')}"
+        )
     if "startup_warmup" in data:
         lines.append(f"start-up warm-up: {data['startup_warmup']}")
     lines.append(

@@ -70,8 +70,16 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     assert all(row["engine"]["images_per_s"] > 0 for row in report["throughput"])
     assert report["levers"] == ["fuse_qkv", "vae_conv2d", "vae_channels_last", "attention_cudnn"]
     assert report["startup_warmup"]["sizes"] == ["64x64", "96x64"]
+    # The real queue by batch limit: 4 jobs in 4 calls one at a time, in 2 calls two at a
+    # time, each job's picture the one it got alone.
     queue = report["queue"]
-    assert queue["jobs"] == 3 and 0 < queue["engine_busy_fraction"] <= 1
+    assert [(row["batch_max_images"], row["pipeline_calls"]) for row in queue] == [(1, 4), (2, 2)]
+    for row in queue:
+        assert row["size"] == "128x128" and row["jobs"] == 4
+        assert 0 < row["engine_busy_fraction"] <= 1 and row["images_per_s"] > 0
+        assert row["match"] is True and row["pixels_vs_batch_1"] <= row["tolerance"]
+    assert queue[0]["pixels_vs_batch_1"] == 0 and queue[1]["speedup_vs_batch_1"] > 0
+    assert "queue 128x128 batch<=2: 4 jobs in 2 calls" in done.stdout
     assert "outputs_match: True" in done.stdout.splitlines()[-1]
     # Every variant ran at every size.
     assert [entry["name"] for entry in report["variants"]] == ALL_VARIANTS

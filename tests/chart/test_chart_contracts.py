@@ -538,7 +538,7 @@ def test_autoscalers_own_the_replica_counts(rendered_sets: dict[str, Objects]) -
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
-    assert "qwen_image_worker_queue_depth" in query and "qwen_image_worker_busy" in query
+    assert "qwen_image_worker_queue_depth" in query and "qwen_image_worker_running_jobs" in query
     assert f'service="{WORKER}"' in query and 'namespace="qwen-image"' in query
     assert trigger["metadata"]["threshold"] == "2"
 

@@ -9,44 +9,29 @@ from typing import Any
 import yaml
 from render_k8s_base import REPO_ROOT
 
+from qwen_image_router.metrics import RouterMetrics
+from qwen_image_worker.metrics import WorkerMetrics
+
 MONITORING = REPO_ROOT / "k8s" / "monitoring"
 
-# The metric names both services export (FACTS.md); histograms add _bucket/_sum/_count.
-ROUTER_METRICS = {
-    "qwen_image_router_requests_total",
-    "qwen_image_router_request_duration_seconds",
-    "qwen_image_router_queue_full_total",
-    "qwen_image_router_ready_workers",
-    "qwen_image_router_in_flight_requests",
-    "qwen_image_router_worker_in_flight",
-    "qwen_image_router_worker_load_ratio",
-    "qwen_image_router_prompt_rewrite_failures_total",
-}
-WORKER_METRICS = {
-    "qwen_image_worker_ready",
-    "qwen_image_worker_busy",
-    "qwen_image_worker_queue_depth",
-    "qwen_image_worker_capacity",
-    "qwen_image_worker_job_duration_seconds",
-    "qwen_image_worker_queue_wait_seconds",
-    "qwen_image_worker_step_duration_seconds",
-    "qwen_image_worker_job_failures_total",
-    "qwen_image_worker_images_generated_total",
-}
-HISTOGRAMS = {
-    "qwen_image_router_request_duration_seconds",
-    "qwen_image_worker_job_duration_seconds",
-    "qwen_image_worker_queue_wait_seconds",
-    "qwen_image_worker_step_duration_seconds",
-}
+
+def exported() -> set[str]:
+    """The series names both services' registries export, labelled ones included."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {
+        family.name + suffix
+        for registry in (RouterMetrics().registry, WorkerMetrics().registry)
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+EXPORTED = exported()
 METRIC = re.compile(r"\bqwen_image_[a-z_]+")
 
 
 def known(name: str) -> bool:
-    base = re.sub(r"_(bucket|sum|count)$", "", name)
-    if base != name:
-        return base in HISTOGRAMS
-    return name in ROUTER_METRICS | WORKER_METRICS
+    return name in EXPORTED
 
 
 def dashboard() -> dict[str, Any]:
@@ -70,6 +55,7 @@ def test_dashboard_has_the_operator_panels() -> None:
     assert "qwen_image_worker_queue_depth" in exprs["Queue depth per worker"]
     assert "qwen_image_router_ready_workers" in exprs["Ready workers"]
     assert "qwen_image_worker_busy" in exprs["Worker busy"]
+    assert "qwen_image_worker_running_jobs" in exprs["Jobs queued + running"]
     assert "qwen_image_router_queue_full_total" in exprs["Queue-full rate"]
     ids = [p["id"] for p in panels.values()]
     assert len(set(ids)) == len(ids)

@@ -95,8 +95,12 @@ def test_seeds_reproduce_and_image_i_uses_seed_plus_i(stack: Stack) -> None:
 
     pair = images(1234, 2)
     assert np.array_equal(images(1234, 2)[0], pair[0])
-    assert np.array_equal(images(1235, 1)[0], pair[1])
-    assert not np.array_equal(pair[0], pair[1])
+    # The pair is one batched call, seed 1235 alone another: the same picture up to the
+    # order of float rounding (a level on a few pixels); another seed is another picture.
+    alone = images(1235, 1)[0].astype(np.int16)
+    moved = np.abs(alone - pair[1].astype(np.int16))
+    assert moved.max() <= 2 and moved.mean() < 0.01
+    assert np.abs(pair[0].astype(np.int16) - pair[1].astype(np.int16)).mean() > 1
 
 
 def test_without_a_seed_each_request_differs(stack: Stack) -> None:

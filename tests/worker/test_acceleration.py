@@ -17,6 +17,7 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
     use_conv2d_for_single_frames,
 )
+from qwen_image_worker.engine.base import BatchLimit
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
 from qwen_image_worker.engine.fp8 import Fp8Linear
 from qwen_image_worker.engine.generation import Engine
@@ -209,6 +210,7 @@ def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
     done = accelerate(pipe, Levers.from_settings(WorkerSettings()), allow_cpu=True)
     assert done.active == ["fuse_qkv", "vae_conv2d", "vae_channels_last", "attention_cudnn"]
     assert not done.per_shape  # nothing compiles or captures on a CPU
+    assert done.batch_coupling is None  # a job's image does not depend on its batch
     assert isinstance(pipe.transformer.forward, AcceleratedForward)
     job = spec(seed=9, width=72, height=40)
     ours = np.asarray(Engine(pipe).generate(job, lambda: False))
@@ -220,7 +222,7 @@ def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
     assert done.forward is not None and done.forward.stats.replayed == 0
 
 
-def test_the_engine_never_hands_the_transformer_a_text_mask(engine: Engine) -> None:
+def test_one_prompt_reaches_the_transformer_without_a_text_mask(engine: Engine) -> None:
     masks: list[object] = []
 
     def record(_module: object, _args: object, kwargs: dict[str, object]) -> None:
@@ -238,9 +240,9 @@ def test_the_engine_never_hands_the_transformer_a_text_mask(engine: Engine) -> N
 def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:
     sizes = [(72, 40), (80, 48), (64, 64), (96, 96)]
     warming = Engine(engine.pipe, warmup_sizes=sizes)
-    made: list[tuple[int, int]] = []
+    made: list[tuple[int, ...]] = []
     handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
-        lambda _m, args: made.append(tuple(args[0].shape[-2:]))
+        lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
     )
     try:
         done = warming.warm_up(spec(num_inference_steps=1))
@@ -248,5 +250,37 @@ def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:
         handle.remove()
     # 72x40 is generated as 80x48, and the base image is 64x64: each shape once.
     assert done == [(64, 64), (72, 40), (96, 96)]
-    assert made == [(8, 8), (6, 10), (12, 12)]
+    assert made == [(1, 8, 8), (1, 6, 10), (1, 12, 12)]
     assert Engine(engine.pipe).warm_up(spec(num_inference_steps=1)) == [(64, 64)]
+
+
+def test_a_batching_warm_up_adds_a_batch_of_two_at_the_first_size_that_batches(
+    engine: Engine,
+) -> None:
+    # 64x64 and 72x40 make one image a call; 32x32 makes two.
+    batching = Engine(
+        engine.pipe, warmup_sizes=[(72, 40), (32, 32)], batch=BatchLimit(8, 2 * 32 * 32)
+    )
+    made: list[tuple[int, ...]] = []
+    handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
+        lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
+    )
+    try:
+        done = batching.warm_up(spec(num_inference_steps=1))
+    finally:
+        handle.remove()
+    assert done == [(64, 64), (72, 40), (32, 32)]
+    assert made == [(1, 8, 8), (1, 6, 10), (1, 4, 4), (2, 4, 4)]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "coupling"),
+    [("row", None), ("tensor", "per-tensor FP8 scales activations over the whole batch")],
+)
+def test_per_tensor_fp8_couples_a_batch_and_per_row_does_not(
+    scaling: str, coupling: str | None
+) -> None:
+    # Row-wise scales are per token: an image's arithmetic is its own in any batch.
+    pipe = load_pipeline(None, torch.device("cpu"))
+    levers = Levers(fp8_matmuls=True, fp8_rowwise=scaling == "row")
+    assert accelerate(pipe, levers, allow_cpu=True).batch_coupling == coupling

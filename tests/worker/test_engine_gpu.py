@@ -22,7 +22,7 @@ from qwen_image_worker.engine.acceleration import (
     lossless_tolerance,
     relative_error,
 )
-from qwen_image_worker.engine.base import StopRequested
+from qwen_image_worker.engine.base import BatchLimit, StopRequested
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
@@ -32,6 +32,7 @@ from .conftest import spec
 pytestmark = pytest.mark.gpu
 
 GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
+BATCHING = BatchLimit(max_images=8, max_pixels=1024 * 1024)  # the worker's defaults
 COMPILED = (1024, 576)  # larger: compiled blocks, no graph
 
 
@@ -50,7 +51,7 @@ def plain(cuda: torch.device) -> Engine:
 def fast(cuda: torch.device) -> tuple[Engine, Accelerated]:
     pipe = load_pipeline(None, cuda)
     done = accelerate(pipe, Levers.from_settings(WorkerSettings.model_construct()))
-    engine = Engine(pipe, warmup_sizes=[(512, 512), COMPILED])
+    engine = Engine(pipe, warmup_sizes=[(512, 512), COMPILED], batch=BATCHING)
     engine.warm_up(spec(prompt="warm-up", width=GRAPHED[0], height=GRAPHED[1]))
     return engine, done
 
@@ -163,3 +164,37 @@ def test_after_warm_up_new_prompt_lengths_and_sizes_compile_nothing(
     ]:
         engine.generate(spec(prompt=prompt, width=size[0], height=size[1]), lambda: False)
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.parametrize("size", [GRAPHED, (512, 512)])
+def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
+    fast: tuple[Engine, Accelerated], size: tuple[int, int]
+) -> None:
+    """Prompts of three lengths: the cond forward carries a text mask (compiled blocks, no
+    graph), the uncond forward none (a graph at small sizes). The warm-up's batch of two
+    compiled both variants, so a batch of three compiles nothing."""
+    engine, done = fast
+    assert done.forward is not None
+    compiled = counters["stats"]["unique_graphs"]
+    specs = [
+        spec(seed=31, width=size[0], height=size[1], num_inference_steps=6),
+        spec(seed=32, width=size[0], height=size[1], num_inference_steps=6, prompt="an owl"),
+        spec(
+            seed=33,
+            width=size[0],
+            height=size[1],
+            num_inference_steps=6,
+            prompt="a long prompt about an owl on a branch in the moonlight, oil painting",
+        ),
+    ]
+    batched = [
+        np.asarray(image, dtype=np.float64) for image in engine.generate_batch(specs, lambda: False)
+    ]
+    assert counters["stats"]["unique_graphs"] == compiled
+    alone = [np.asarray(engine.generate(one, lambda: False), dtype=np.float64) for one in specs]
+    for ours, theirs in zip(batched, alone, strict=True):
+        error = relative_error(torch.from_numpy(ours), torch.from_numpy(theirs))
+        assert error <= lossless_tolerance(), error
+    other = relative_error(torch.from_numpy(batched[0]), torch.from_numpy(batched[1]))
+    assert other > 5 * lossless_tolerance()
+    assert done.forward.stats.failed == 0

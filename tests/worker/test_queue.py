@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from qwen_image_common.contract import JobRequest
-from qwen_image_worker.engine.base import ImageSpec
+from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit, ImageEngine
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.errors import (
     InferenceFailed,
@@ -25,11 +25,15 @@ from .conftest import spec
 
 
 def job(
-    steps: int = 2, seeds: tuple[int, ...] = (1,), timeout: float = 30.0, size: int = 64
+    steps: int = 2,
+    seeds: tuple[int, ...] = (1,),
+    timeout: float = 30.0,
+    size: int = 64,
+    prompt: str = "a lighthouse",
 ) -> JobRequest:
     return JobRequest(
         job_id="t",
-        prompt="a lighthouse",
+        prompt=prompt,
         width=size,
         height=size,
         num_inference_steps=steps,
@@ -40,28 +44,32 @@ def job(
 
 
 class CountingEngine(Engine):
-    """The real engine, counting the images it was asked for."""
+    """The real engine, recording the seeds of each pipeline call it was asked for."""
 
-    def __init__(self, base: Engine) -> None:
-        super().__init__(base.pipe)
-        self.calls: list[int] = []
+    def __init__(self, base: Engine, batch: BatchLimit = ONE_AT_A_TIME) -> None:
+        super().__init__(base.pipe, batch=batch)
+        self.calls: list[list[int]] = []
 
-    def generate(self, spec: ImageSpec, should_stop):  # type: ignore[no-untyped-def]
-        self.calls.append(spec.seed)
-        return super().generate(spec, should_stop)
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for call in self.calls for seed in call]
+
+    def generate_batch(self, specs, should_stop):  # type: ignore[no-untyped-def]
+        self.calls.append([spec.seed for spec in specs])
+        return super().generate_batch(specs, should_stop)
 
 
 class OutOfMemoryOnce(CountingEngine):
     """Stands in for CUDA running out of memory, a fault a CPU test cannot cause for real."""
 
-    def generate(self, spec: ImageSpec, should_stop):  # type: ignore[no-untyped-def]
-        if len(self.calls) == 1:  # the first job after the warm-up image
-            self.calls.append(spec.seed)
+    def generate_batch(self, specs, should_stop):  # type: ignore[no-untyped-def]
+        if len(self.calls) == 1:  # the first call after the warm-up image
+            self.calls.append([spec.seed for spec in specs])
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return super().generate(spec, should_stop)
+        return super().generate_batch(specs, should_stop)
 
 
-async def started(engine: Engine, max_waiting: int = 1) -> tuple[JobQueue, WorkerMetrics]:
+async def started(engine: ImageEngine, max_waiting: int = 1) -> tuple[JobQueue, WorkerMetrics]:
     metrics = WorkerMetrics()
     queue = JobQueue(max_waiting, metrics)
     await queue.start(lambda: engine, spec(num_inference_steps=1))
@@ -109,7 +117,7 @@ async def test_a_waiting_job_past_its_deadline_is_dropped_without_running(engine
     with pytest.raises(TaskTimeout):
         await short.future
     await long.future
-    assert 99 not in counting.calls
+    assert 99 not in counting.seeds
     await queue.stop()
 
 

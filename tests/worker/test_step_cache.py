@@ -155,6 +155,8 @@ def test_the_setting_installs_the_cache_and_keeps_every_weight(
     done = accelerate(pipe, Levers.from_settings(WorkerSettings()), allow_cpu=True)
     assert "step_cache" in done.active and "cuda_graphs" not in done.active
     assert isinstance(done.step_cache, CachedBlocks) and done.step_cache.threshold == 0.2
+    # It decides for a whole batch at once: the worker makes one image per call.
+    assert done.batch_coupling == "the step cache skips steps for the whole batch"
     assert len(list(pipe.transformer.named_parameters())) == len(names)
     Engine(pipe).generate(JOB, lambda: False)
     assert done.step_cache.stats.computed + done.step_cache.stats.skipped == 16

@@ -61,9 +61,13 @@ class WorkerLoad(BaseModel):
     """What a worker reports of itself; the router schedules on it."""
 
     ready: bool = Field(description="Model loaded, warmed up and not draining.")
-    running: int = Field(ge=0, description="Jobs on the GPU now (0 or 1).")
+    running: int = Field(ge=0, description="Jobs in the batch on the GPU now.")
     waiting: int = Field(ge=0, description="Jobs accepted and waiting for the GPU.")
-    capacity: int = Field(ge=1, description="Running plus waiting jobs the worker accepts.")
+    capacity: int = Field(
+        ge=1,
+        description="Running plus waiting jobs the worker accepts now: the running batch (one "
+        "slot when idle) plus TASK_QUEUE_SIZE.",
+    )
 
     @property
     def free(self) -> int:

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
 from qwen_image_worker.api.routes import health, jobs
-from qwen_image_worker.engine.base import ImageEngine, ImageSpec
+from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit, ImageEngine, ImageSpec
 from qwen_image_worker.engine.simulated import SIMULATED_MODEL_PATH, SimulatedEngine
 from qwen_image_worker.errors import install_error_handlers
 from qwen_image_worker.metrics import WorkerMetrics
@@ -29,9 +29,10 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
     """`on_fatal` is called when the model cannot be loaded; `run` makes it exit non-zero."""
 
     def build_engine() -> ImageEngine:
+        batch = BatchLimit(settings.batch_max_images, settings.batch_max_pixels)
         if settings.model_path.strip().lower() == SIMULATED_MODEL_PATH:
             return SimulatedEngine(
-                settings.simulated_step_seconds, on_step=metrics.step_duration.observe
+                settings.simulated_step_seconds, on_step=metrics.step_duration.observe, batch=batch
             )
         # Imported here, so a simulated worker never loads torch (about 1 GB a process).
         from qwen_image_worker.engine.acceleration import Levers, accelerate
@@ -41,10 +42,14 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
         levers = accelerate(pipe, Levers.from_settings(settings))
+        if levers.batch_coupling is not None and batch.max_images > 1:
+            logger.info("batching off: %s", levers.batch_coupling)
+            batch = ONE_AT_A_TIME
         return Engine(
             pipe,
             on_step=metrics.step_duration.observe,
             warmup_sizes=settings.warmup_size_list if levers.per_shape else (),
+            batch=batch,
         )
 
     warmup = ImageSpec(

@@ -1,7 +1,10 @@
-"""The bounded job queue in front of the GPU: one running job plus `max_waiting` waiting.
+"""The bounded job queue in front of the GPU: one running batch plus `max_waiting` waiting.
 
-One thread owns the pipeline (CUDA work is serial anyway); the event loop only hands jobs
-to it. PNG encoding runs on other threads, so the GPU thread starts the next job at once.
+One thread owns the pipeline (CUDA work is serial anyway); the event loop only hands work
+to it. The job at the head of the queue runs next, together with the waiting jobs that share
+its size, steps and guidance scale, as many as the engine's batch size lets one pipeline call
+make (small images leave a GPU idle one at a time). PNG encoding runs on other threads, so the
+GPU thread starts the next batch at once.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Job:
         """Read by the GPU thread after every denoising step."""
         return self.cancelled.is_set() or self.expired()
 
+    def stop_error(self) -> WorkerError:
+        return JobCancelled() if self.cancelled.is_set() else TaskTimeout()
+
     def image_specs(self) -> list[ImageSpec]:
         r = self.request
         return [
@@ -78,12 +84,12 @@ class JobQueue:
     """Admits jobs while there is room, runs them in order, and fails each one exactly once."""
 
     def __init__(self, max_waiting: int, metrics: WorkerMetrics) -> None:
-        self.capacity = 1 + max_waiting
+        self.max_waiting = max_waiting
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self._engine: ImageEngine | None = None
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: list[Job] = []
         self._wakeup = asyncio.Event()
         self._accepting = False
         self._consumer: asyncio.Task[None] | None = None
@@ -94,10 +100,16 @@ class JobQueue:
     def ready(self) -> bool:
         return self._accepting
 
+    @property
+    def capacity(self) -> int:
+        """The running batch (one slot when idle) plus `max_waiting`: a job is refused when
+        `max_waiting` jobs wait behind a running batch, whatever its size."""
+        return max(1, len(self._running)) + self.max_waiting
+
     def load(self) -> WorkerLoad:
         return WorkerLoad(
             ready=self._accepting,
-            running=0 if self._running is None else 1,
+            running=len(self._running),
             waiting=len(self._waiting),
             capacity=self.capacity,
         )
@@ -129,7 +141,7 @@ class JobQueue:
         if self._accepting:
             logger.info(
                 "draining: not ready any more; %d running, %d waiting",
-                0 if self._running is None else 1,
+                len(self._running),
                 len(self._waiting),
             )
         self._accepting = False
@@ -138,7 +150,7 @@ class JobQueue:
     def submit(self, request: JobRequest) -> Job:
         if not self._accepting:
             raise NotReady("Worker not ready: the model is loading or the worker is draining")
-        if (0 if self._running is None else 1) + len(self._waiting) >= self.capacity:
+        if len(self._running) + len(self._waiting) >= self.capacity:
             self._metrics.job_failures.labels("queue_full").inc()
             raise QueueFull
         now = time.monotonic()
@@ -161,7 +173,7 @@ class JobQueue:
 
     async def stop(self) -> None:
         self.drain()
-        for job in [*self._waiting, *([self._running] if self._running else [])]:
+        for job in [*self._waiting, *self._running]:
             job.cancelled.set()
         if self._consumer is not None:
             self._consumer.cancel()
@@ -175,45 +187,112 @@ class JobQueue:
             while not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            job = self._waiting.popleft()
-            self._metrics.queue_depth.set(len(self._waiting))
-            await self._run(job)
+            await self._run(self._take_batch())
 
-    async def _run(self, job: Job) -> None:
-        if job.should_stop():
-            self._fail(job, JobCancelled() if job.cancelled.is_set() else TaskTimeout())
+    def _take_batch(self) -> list[Job]:
+        """The head job, and the waiting jobs after it that fit in its pipeline calls."""
+        assert self._engine is not None
+        head = self._waiting.popleft()
+        first = head.image_specs()[0]
+        room = self._engine.batch_size(first) - len(head.request.seeds)
+        batch = [head]
+        for job in list(self._waiting):
+            if room <= 0:
+                break
+            seeds = len(job.request.seeds)
+            if job.image_specs()[0].batch_key == first.batch_key and seeds <= room:
+                self._waiting.remove(job)
+                batch.append(job)
+                room -= seeds
+        self._metrics.queue_depth.set(len(self._waiting))
+        return batch
+
+    async def _run(self, batch: list[Job]) -> None:
+        for job in batch:
+            if job.should_stop():
+                self._fail(job, job.stop_error())
+        jobs = [job for job in batch if not job.future.done()]
+        if not jobs:
             return
         assert self._engine is not None
         engine = self._engine
         started = time.monotonic()
-        self._metrics.queue_wait.observe(started - job.enqueued_at)
-        self._running = job
+        for job in jobs:
+            self._metrics.queue_wait.observe(started - job.enqueued_at)
+        self._running = jobs
+        self._metrics.running_jobs.set(len(jobs))
+        self._metrics.capacity.set(self.capacity)
         self._metrics.busy.set(1)
-        encodes: list[asyncio.Task[str]] = []
+        encodes: dict[Job, list[asyncio.Task[str]]] = {job: [] for job in jobs}
+        images = [(job, spec) for job in jobs for spec in job.image_specs()]
+        size = engine.batch_size(images[0][1])
+        if len(jobs) > 1:
+            first = images[0][1]
+            logger.info(
+                "batch: %d jobs, %d images %dx%d, %d steps, up to %d a call",
+                len(jobs),
+                len(images),
+                first.width,
+                first.height,
+                first.num_inference_steps,
+                size,
+            )
         try:
-            for spec in job.image_specs():
-                image = await self.on_gpu_thread(
-                    lambda spec=spec: engine.generate(spec, job.should_stop)  # type: ignore[misc]
-                )
-                encodes.append(asyncio.create_task(asyncio.to_thread(encode_png, image)))
-        except StopRequested:
-            for task in encodes:
-                task.cancel()
-            self._fail(job, JobCancelled() if job.cancelled.is_set() else TaskTimeout())
-            return
+            for offset in range(0, len(images), size):
+                call = images[offset : offset + size]
+                made = await self._call(engine, call)
+                if made is None:
+                    continue
+                for (job, _), image in zip(call, made, strict=True):
+                    if not job.future.done():
+                        task = asyncio.create_task(asyncio.to_thread(encode_png, image))
+                        encodes[job].append(task)
         except Exception as exc:
-            for task in encodes:
-                task.cancel()
-            logger.exception("job %s failed", job.request.job_id)
-            self._fail(job, InferenceFailed(_describe(exc)))
+            logger.exception("batch of %d job(s) failed", len(jobs))
+            for job in jobs:
+                self._fail(job, InferenceFailed(_describe(exc)))
             await self.on_gpu_thread(engine.release_memory)
-            return
         finally:
-            self._running = None
+            self._running = []
+            self._metrics.running_jobs.set(0)
+            self._metrics.capacity.set(self.capacity)
             self._metrics.busy.set(0)
-        finishing = asyncio.create_task(self._finish(job, encodes, started))
-        self._finishing.add(finishing)
-        finishing.add_done_callback(self._finishing.discard)
+        for job, tasks in encodes.items():
+            if job.future.done():
+                for task in tasks:
+                    task.cancel()
+                continue
+            finishing = asyncio.create_task(self._finish(job, tasks, started))
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
+
+    async def _call(
+        self, engine: ImageEngine, call: list[tuple[Job, ImageSpec]]
+    ) -> list[Image.Image] | None:
+        """One pipeline call; None when it stopped. A job that must stop is answered within
+        one step while the others go on; the call stops when every job in it must."""
+        loop = asyncio.get_running_loop()
+        jobs = list(dict.fromkeys(job for job, _ in call if not job.future.done()))
+        if not jobs:
+            return None
+        stopped: set[Job] = set()
+
+        def should_stop() -> bool:
+            for job in jobs:
+                if job not in stopped and job.should_stop():
+                    stopped.add(job)
+                    loop.call_soon_threadsafe(self._fail, job, job.stop_error())
+            return len(stopped) == len(jobs)
+
+        specs = [spec for _, spec in call]
+        self._metrics.batch_images.observe(len(specs))
+        try:
+            return await self.on_gpu_thread(lambda: engine.generate_batch(specs, should_stop))
+        except StopRequested:
+            return None
+        finally:
+            for job in stopped:
+                self._fail(job, job.stop_error())
 
     async def _finish(self, job: Job, encodes: list[asyncio.Task[str]], started: float) -> None:
         try:

@@ -26,7 +26,21 @@ class WorkerSettings(BaseSettings):
     )
     model_name: str = Field(default="Qwen-Image", description="Name reported in logs.")
     task_queue_size: int = Field(
-        default=4, ge=0, le=1024, description="Jobs that may wait behind the running one."
+        default=4, ge=0, le=1024, description="Jobs that may wait behind the running batch."
+    )
+    batch_max_images: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most images one pipeline call makes when waiting jobs share size, steps "
+        "and guidance scale; 1 turns batching off.",
+    )
+    batch_max_pixels: int = Field(
+        default=1024 * 1024,
+        ge=0,
+        description="Most pixels one batched call makes in all: the default batches up to 4 "
+        "images at 512x512 and 8 at 256x256 and leaves 1024x1024 and larger alone, which an "
+        "H200 runs compute-bound one at a time (README, GPU speed).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto picks CUDA when available."
@@ -114,7 +128,7 @@ class WorkerSettings(BaseSettings):
         default=False,
         description="First-block step cache: a step whose first-block residual barely moved "
         "since the last full step reuses the other blocks' residual instead of running them. "
-        "Changes the output; turns CUDA graphs off.",
+        "Changes the output; turns CUDA graphs and batching off.",
     )
     step_cache_threshold: float = Field(
         default=0.05,

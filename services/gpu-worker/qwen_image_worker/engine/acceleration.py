@@ -7,9 +7,11 @@ is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agno
 Two opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and
 the first-block step cache (step_cache.py); `accelerate` pulls them too.
 
-The text mask needs no lever: for one prompt the stock pipeline drops an all-ones mask, and
-the engine only ever sends one prompt, so the transformer sees no mask (a mask costs 10-25 %
-per forward and rules out CUDA graphs; DESIGN.md section 6).
+The text mask needs no lever: the stock pipeline drops an all-ones mask, so one prompt, or a
+batch of prompts of one length, reaches the transformer without one. A batch of prompts of
+different lengths brings a mask (padding must not be attended to): such forwards run the
+compiled blocks without a CUDA graph (DESIGN.md section 6: a mask costs 10-25 % per forward
+and its path broke graph capture).
 """
 
 from __future__ import annotations
@@ -157,6 +159,17 @@ class Accelerated:
     def per_shape(self) -> bool:
         """True when some lever compiles or captures per image shape: warm every size."""
         return any(name in self.active for name in ("compile_transformer", "cuda_graphs"))
+
+    @property
+    def batch_coupling(self) -> str | None:
+        """The fast mode that decides for a whole batch at once, if one is on: a job's image
+        would then depend on the jobs it shares a batch with, so the engine must make one
+        image per call."""
+        if self.step_cache is not None:
+            return "the step cache skips steps for the whole batch"
+        if "fp8_tensor" in self.active:
+            return "per-tensor FP8 scales activations over the whole batch"
+        return None
 
 
 def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = False) -> Accelerated:

@@ -8,7 +8,7 @@ dozens of them fit on a small machine for load and fault tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,12 +49,52 @@ class ImageSpec:
     guidance_scale: float
     seed: int
 
+    @property
+    def batch_key(self) -> tuple[int, int, int, float]:
+        """Images may share one pipeline call when these agree: one latent shape, one
+        timestep schedule, one CFG scale. Prompts, negative prompts and seeds may differ."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+
+
+@dataclass(frozen=True)
+class BatchLimit:
+    """How many images one pipeline call may make: at most `max_images`, and no more than
+    `max_pixels` in all (small images leave a GPU idle one at a time; large ones fill it
+    alone). The defaults make one image per call."""
+
+    max_images: int = 1
+    max_pixels: int = 0
+
+    def images(self, width: int, height: int) -> int:
+        return max(1, min(self.max_images, self.max_pixels // (width * height)))
+
+
+ONE_AT_A_TIME = BatchLimit()
+
+
+def common_shape(specs: Sequence[ImageSpec]) -> ImageSpec:
+    """The first spec, after checking that all of them may share one pipeline call."""
+    if not specs:
+        raise ValueError("a batch needs at least one image")
+    first = specs[0]
+    if any(spec.batch_key != first.batch_key for spec in specs):
+        raise ValueError("the images of one batch must share size, steps and guidance scale")
+    return first
+
 
 class ImageEngine(Protocol):
-    """Makes one image at a time on the worker's single GPU thread."""
+    """Makes images on the worker's single GPU thread, several of one shape per call."""
 
-    def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Image.Image:
-        """Checks `should_stop` after every denoising step; raises StopRequested when it says so."""
+    def generate_batch(
+        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+    ) -> list[Image.Image]:
+        """One image per spec, in order; the specs share one `batch_key` and number at most
+        `batch_size(spec)`. Checks `should_stop` after every denoising step and raises
+        StopRequested when it says so."""
+        ...
+
+    def batch_size(self, spec: ImageSpec) -> int:
+        """How many images like `spec` one `generate_batch` call may make."""
         ...
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:

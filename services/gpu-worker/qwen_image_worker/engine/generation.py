@@ -1,4 +1,4 @@
-"""One image from one seed: the only place that calls the pipeline.
+"""Images from seeds, one batch of one shape per call: the only place that calls the pipeline.
 
 Runs on the worker's single GPU thread. Cancellation is cooperative: the pipeline's
 step callback asks `should_stop` after every denoising step and aborts by raising.
@@ -7,6 +7,7 @@ step callback asks `should_stop` after every denoising step and aborts by raisin
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -15,7 +16,15 @@ import torch
 from diffusers import QwenImagePipeline
 from PIL import Image
 
-from qwen_image_worker.engine.base import ImageSpec, StepMonitor
+from qwen_image_worker.engine.base import (
+    ONE_AT_A_TIME,
+    BatchLimit,
+    ImageSpec,
+    StepMonitor,
+    common_shape,
+)
+
+logger = logging.getLogger(__name__)
 
 # diffusers skips true CFG when no negative prompt is given; one space keeps it on, as the
 # Qwen-Image reference code does.
@@ -30,12 +39,18 @@ class Engine:
         pipe: QwenImagePipeline,
         on_step: Callable[[float], None] | None = None,
         warmup_sizes: Sequence[tuple[int, int]] = (),
+        batch: BatchLimit = ONE_AT_A_TIME,
     ) -> None:
         self.pipe = pipe
         self.device = pipe.device
         self._multiple = pipe.vae_scale_factor * 2
         self._on_step = on_step
         self.warmup_sizes = tuple(warmup_sizes)
+        self.batch = batch
+        # Prompts of one batch are padded to the longest. Padding after the text keeps every
+        # real token's position and, under the text encoder's causal attention, its hidden
+        # state: a prompt encodes the same alone or in a batch.
+        pipe.tokenizer.padding_side = "right"
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """The pipeline makes only multiples of 16: generate the next larger one and crop."""
@@ -44,11 +59,21 @@ class Engine:
             math.ceil(height / self._multiple) * self._multiple,
         )
 
-    @torch.inference_mode()
+    def batch_size(self, spec: ImageSpec) -> int:
+        return self.batch.images(*self.generation_size(spec.width, spec.height))
+
     def generate(self, spec: ImageSpec, should_stop: Callable[[], bool]) -> Image.Image:
-        gen_width, gen_height = self.generation_size(spec.width, spec.height)
-        # A CPU generator gives the same noise on every device, so a seed means one picture.
-        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        return self.generate_batch([spec], should_stop)[0]
+
+    @torch.inference_mode()
+    def generate_batch(
+        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+    ) -> list[Image.Image]:
+        shape = common_shape(specs)
+        gen_width, gen_height = self.generation_size(shape.width, shape.height)
+        # A CPU generator per image gives the same noise on every device and in every batch,
+        # so a seed means one picture.
+        generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
         monitor = StepMonitor(self._on_step, should_stop)
 
         def on_step_end(
@@ -59,13 +84,15 @@ class Engine:
 
         try:
             result = self.pipe(
-                prompt=spec.prompt,
-                negative_prompt=spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT,
-                true_cfg_scale=spec.guidance_scale,
+                prompt=[spec.prompt for spec in specs],
+                negative_prompt=[
+                    spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT for spec in specs
+                ],
+                true_cfg_scale=shape.guidance_scale,
                 width=gen_width,
                 height=gen_height,
-                num_inference_steps=spec.num_inference_steps,
-                generator=generator,
+                num_inference_steps=shape.num_inference_steps,
+                generator=generators,
                 output_type="pil",
                 callback_on_step_end=on_step_end,
             )
@@ -74,12 +101,15 @@ class Engine:
             # step cache's per-branch state): reset here, so the next image starts clean.
             self.pipe.maybe_free_model_hooks()
             raise
-        image: Image.Image = result.images[0]
-        return center_crop(image, spec.width, spec.height)
+        return [center_crop(image, shape.width, shape.height) for image in result.images]
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
         """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares
-        its kernels per shape, and no request should pay for that. Returns the sizes made."""
+        its kernels per shape, and no request should pay for that. Returns the sizes made.
+
+        With batching, one batch of two prompts of different lengths follows at the first
+        size that batches: batches compile their own variants of the blocks (a batch
+        dimension above one, a text mask)."""
         made: list[tuple[int, int]] = []
         shapes: set[tuple[int, int]] = set()
         for width, height in [(spec.width, spec.height), *self.warmup_sizes]:
@@ -88,6 +118,12 @@ class Engine:
             self.generate(replace(spec, width=width, height=height), lambda: False)
             shapes.add(self.generation_size(width, height))
             made.append((width, height))
+        batchable = [size for size in made if self.batch.images(*size) > 1]
+        if self.warmup_sizes and batchable:
+            first = replace(spec, width=batchable[0][0], height=batchable[0][1])
+            longer = replace(first, prompt=f"{first.prompt}, once more and longer", seed=1)
+            self.generate_batch([first, longer], lambda: False)
+            logger.info("warm-up: a batch of 2 at %dx%d", *batchable[0])
         return made
 
     def release_memory(self) -> None:
