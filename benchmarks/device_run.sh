@@ -1,44 +1,39 @@
 #!/usr/bin/env bash
-# Issue 5, round 2: one device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there):
-# the GPU tests, then stock diffusers against the worker's engine and its variants: the
-# lossless defaults, the step cache, FP8, both, and max-autotune. Everything lands in $OUT
-# (6 files); the summary tables are printed last. Ends within DEADLINE (490 s, 8 min 10 s):
-# the benchmark gets what is left as a budget, skips sections that would start too late,
-# and is killed 10 s before the end if it still runs (its JSON is rewritten after every
-# section, so a cut leaves everything measured before it).
+# Issue 5, round 3: one device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there):
+# the GPU tests (now with a batch of prompts of three lengths against its images made
+# alone), then stock diffusers against the worker's engine: the lossless defaults with the
+# real JobQueue's curve by batch limit (1, 2, 4, 8 at 512x512 and 256x256: images/s, busy
+# fraction, each job's picture against one at a time), then max-autotune, which round 2's
+# budget cut off. Everything lands in $OUT (6 files); the summary tables are printed last.
+# Ends within DEADLINE (490 s, 8 min 10 s): the benchmark gets what is left as a budget,
+# skips sections that would start too late, and is killed 10 s before the end if it still
+# runs (its JSON is rewritten after every section, so a cut leaves everything measured).
 #
 # How to call it (device tool `run`): carry [".whl"], timeout_s 560, kind nvidia-h200,
 #   command: bash benchmarks/device_run.sh
 # .whl/ holds diffusers 0.42.1, transformers 5.24.0 (what the demo model is tested with),
 # pydantic, pydantic-core, pydantic-settings, fastapi, starlette, opentelemetry-api and
 # their missing needs (annotated-types, typing-inspection, typing-extensions, python-dotenv,
-# regex), made with the pip download command of /work/.library/device/README.md. Round 2
-# needs no new wheel: FP8 is torch._scaled_mm, the step cache is this project's own.
+# regex), made with the pip download command of /work/.library/device/README.md.
 #
-# Time estimates, from round 1's H200 report (benchmarks/results/gpu_engine-h200-2026-11-26.json:
-# build 0.8 s; s/step stock 0.618/0.353/0.251, engine 0.500/0.276/0.076 at 1328/1024/512;
-# warm-up of 8 sizes with the first compile 22 s; gpu tests 27 s) and DESIGN.md section 6
-# (efficient SDPA 1.45x cuDNN's time at 1328):
+# Time estimates, from the H200 reports of rounds 1 and 2 (benchmarks/results/):
 #   wheels install and the import / FP8 check ......................... ~25 s
-#   pytest tests/worker -m gpu: round 1's 27 s, plus the fast modes (a 4-block demo model;
-#     one more inductor compile, of the FP8 block) ~45 s ........................ ~75 s (cap 150)
-#   benchmark, --steps 12, sizes 1328/1024/512, no throughput or queue runs:
+#   pytest tests/worker -m gpu: round 2's 18 tests, plus 2 batch tests .. ~80 s (cap 150)
+#   benchmark, --steps 12, sizes 1328/1024/512, throughput off (round 1 measured it):
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run (efficient SDPA) ......... ~40 s
-#     lossless: build, warm-up of 3 sizes (first compile, graphs), 3 rows, probe  ~35 s
-#     cache-0.1, cache-0.2: no recompile, graphs off, <= 12 x 0.85 s of steps ... ~15 s each
-#     fp8: build, quantise 20B, warm-up (a second compile), 3 rows ............. ~30 s
-#     fp8+cache-0.1 and fp8-all-blocks: the FP8 block is compiled already ....... ~15 s each
-#     fp8-tensor: another compile (one scale per matrix), 3 rows ................ ~30 s
+#     lossless: build, warm-up of 4 sizes and a batch of 2, 3 rows, probe ....... ~40 s
+#     queue curve: 2 sizes x 4 limits, 16 jobs of 10 steps after a 1-step pass;
+#       round 1: 0.076 s/step at 512, 0.038 at 256, one at a time ............... ~80 s
 #     autotune (last: dynamo reset, max-autotune compile of a fresh block) ...... 60-180 s
-#   total about 6.5 min without autotune's compile; autotune gets what is left, and the
-#   budget stops it from starting late (it is last, so a cut loses only it).
+#   about 5 min before autotune; autotune gets what is left, and the budget stops it from
+#   starting late (it is last, so a cut loses only it).
 set -uo pipefail
 DEADLINE=490  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
-VARIANTS=lossless,cache-0.1,cache-0.2,fp8,fp8+cache-0.1,fp8-tensor,fp8-all-blocks,autotune
+VARIANTS=lossless,autotune
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -76,8 +71,8 @@ DMON=$!
 BUDGET=$(($(left) - 70))
 if [ "$BUDGET" -gt 60 ]; then
     timeout $(($(left) - 10)) python3 benchmarks/gpu_engine.py --steps 12 \
-        --variants "$VARIANTS" --warmup-sizes 1328x1328,1024x1024,512x512 \
-        --no-throughput --no-queue --budget-s "$BUDGET" \
+        --variants "$VARIANTS" --warmup-sizes 1328x1328,1024x1024,512x512,256x256 \
+        --no-throughput --budget-s "$BUDGET" \
         --out "$OUT/gpu_engine.json" >"$OUT/gpu_engine.log" 2>&1
     echo "benchmark: exit $? after ${SECONDS} s (budget ${BUDGET} s)"
 else

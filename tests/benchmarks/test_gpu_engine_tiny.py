@@ -122,27 +122,24 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--steps",
             "12",
             "--variants",
-            "lossless,fp8,cache-0.1,autotune",
-            "--no-throughput",
-            "--no-queue",
+            "lossless,autotune",
             "--warmup-sizes",
-            "1328x1328,512x512",
+            "1328x1328,1024x1024,512x512,256x256",
+            "--no-throughput",
             "--budget-s",
             "300",
             "--out",
             "x/gpu_engine.json",
         ]
     )
-    assert [variant.name for variant in plan.variants] == [
-        "lossless",
-        "fp8",
-        "cache-0.1",
-        "autotune",
-    ]
-    assert not plan.throughput and not plan.queue and plan.probe and plan.spread
+    assert [variant.name for variant in plan.variants] == ["lossless", "autotune"]
+    assert not plan.throughput and plan.queue and plan.probe and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512)]
-    assert plan.warmup_sizes == [(1328, 1328), (512, 512)]
+    assert plan.warmup_sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
+    # The queue curve: 16 jobs at the small sizes, batch limits 1 to 8.
+    assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 2, 4, 8]
+    assert (plan.queue_jobs, plan.queue_steps) == (16, 10)
     assert plan.device.type == "cuda" and not plan.tiny
 
 
