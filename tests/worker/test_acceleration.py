@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers.models.transformers import transformer_qwenimage
 from pydantic import ValidationError
 
 from qwen_image_worker.engine.acceleration import (
@@ -13,6 +14,7 @@ from qwen_image_worker.engine.acceleration import (
     FusedQKVAttnProcessor,
     Levers,
     accelerate,
+    capture_safe_text_lengths,
     fuse_qkv,
     relative_error,
     use_conv2d_for_single_frames,
@@ -284,3 +286,38 @@ def test_per_tensor_fp8_couples_a_batch_and_per_row_does_not(
     pipe = load_pipeline(None, torch.device("cpu"))
     levers = Levers(fp8_matmuls=True, fp8_rowwise=scaling == "row")
     assert accelerate(pipe, levers, allow_cpu=True).batch_coupling == coupling
+
+
+# Read at import: on a CPU nothing installs the capture-safe version before this.
+STOCK_TEXT_LENGTHS = transformer_qwenimage.compute_text_seq_len_from_mask
+
+
+@pytest.mark.parametrize("case", ["no mask", "padded", "holes", "an empty row"])
+def test_capture_safe_text_lengths_equal_diffusers_own(case: str) -> None:
+    assert STOCK_TEXT_LENGTHS is not capture_safe_text_lengths
+    torch.manual_seed(0)
+    text = torch.randn(3, 7, 4)
+    lengths = torch.tensor([7, 3, 5])
+    masks = {
+        "no mask": None,
+        "padded": torch.arange(7)[None, :] < lengths[:, None],
+        "holes": torch.rand(3, 7) > 0.5,
+        "an empty row": torch.tensor([[1] * 7, [0] * 7, [1, 1, 0, 0, 0, 0, 0]]),
+    }
+    ours = capture_safe_text_lengths(text, masks[case])
+    theirs = STOCK_TEXT_LENGTHS(text, masks[case])
+    assert ours[0] == theirs[0] == 7
+    for mine, stock in zip(ours[1:], theirs[1:], strict=True):
+        assert (mine is None and stock is None) or torch.equal(mine, stock)
+    if case == "padded":
+        assert ours[1] is not None and ours[1].tolist() == [7, 3, 5]
+
+
+def test_graphs_put_the_capture_safe_text_lengths_in_the_transformers_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transformer_qwenimage, "compute_text_seq_len_from_mask", STOCK_TEXT_LENGTHS)
+    AcceleratedForward(lambda **_: None, None, graph_max_pixels=0)
+    assert transformer_qwenimage.compute_text_seq_len_from_mask is STOCK_TEXT_LENGTHS
+    AcceleratedForward(lambda **_: None, None, graph_max_pixels=512 * 512)
+    assert transformer_qwenimage.compute_text_seq_len_from_mask is capture_safe_text_lengths

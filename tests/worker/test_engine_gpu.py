@@ -166,16 +166,17 @@ def test_after_warm_up_new_prompt_lengths_and_sizes_compile_nothing(
     assert counters["stats"]["unique_graphs"] == compiled
 
 
-@pytest.mark.parametrize("size", [GRAPHED, (512, 512)])
+@pytest.mark.parametrize("size", [GRAPHED, COMPILED])
 def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
     fast: tuple[Engine, Accelerated], size: tuple[int, int]
 ) -> None:
-    """Prompts of three lengths: the cond forward carries a text mask (compiled blocks, no
-    graph), the uncond forward none (a graph at small sizes). The warm-up's batch of two
-    compiled both variants, so a batch of three compiles nothing."""
+    """Prompts of three lengths: the cond forward carries a text mask, the uncond forward
+    none; at small sizes both are CUDA graphs. The warm-up's batch of two compiled both
+    variants, so a batch of three compiles nothing."""
     engine, done = fast
     assert done.forward is not None
     compiled = counters["stats"]["unique_graphs"]
+    replayed = done.forward.stats.replayed
     specs = [
         spec(seed=31, width=size[0], height=size[1], num_inference_steps=6),
         spec(seed=32, width=size[0], height=size[1], num_inference_steps=6, prompt="an owl"),
@@ -191,6 +192,8 @@ def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
         np.asarray(image, dtype=np.float64) for image in engine.generate_batch(specs, lambda: False)
     ]
     assert counters["stats"]["unique_graphs"] == compiled
+    # 6 steps x (cond with a mask + uncond), all replayed for the small size only.
+    assert done.forward.stats.replayed - replayed == (12 if size == GRAPHED else 0)
     alone = [np.asarray(engine.generate(one, lambda: False), dtype=np.float64) for one in specs]
     for ours, theirs in zip(batched, alone, strict=True):
         error = relative_error(torch.from_numpy(ours), torch.from_numpy(theirs))

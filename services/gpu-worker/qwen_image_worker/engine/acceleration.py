@@ -9,9 +9,10 @@ the first-block step cache (step_cache.py); `accelerate` pulls them too.
 
 The text mask needs no lever: the stock pipeline drops an all-ones mask, so one prompt, or a
 batch of prompts of one length, reaches the transformer without one. A batch of prompts of
-different lengths brings a mask (padding must not be attended to): such forwards run the
-compiled blocks without a CUDA graph (DESIGN.md section 6: a mask costs 10-25 % per forward
-and its path broke graph capture).
+different lengths brings a mask (padding must not be attended to; DESIGN.md section 6: a
+mask costs 10-25 % per forward). Its path used to break graph capture with one host-to-device
+copy; `capture_safe_text_lengths` computes the same without it, so masked forwards are
+captured too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from diffusers import QwenImagePipeline
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers import transformer_qwenimage
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
     apply_rotary_emb_qwen,
@@ -424,12 +426,14 @@ class GraphStats:
     failed: int = 0
 
 
+# The tensors a graph reads, copied into its static buffers before each replay.
+_GRAPH_INPUTS = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep")
+
+
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    hidden_states: torch.Tensor
-    encoder_hidden_states: torch.Tensor
-    timestep: torch.Tensor
+    inputs: dict[str, torch.Tensor]
     output: torch.Tensor
 
 
@@ -447,12 +451,32 @@ _FORWARD_ARGS = {
     "additional_t_cond",
     "return_dict",
 }
-_UNGRAPHED_ARGS = (
-    "encoder_hidden_states_mask",
-    "guidance",
-    "controlnet_block_samples",
-    "additional_t_cond",
-)
+_UNGRAPHED_ARGS = ("guidance", "controlnet_block_samples", "additional_t_cond")
+
+
+def capture_safe_text_lengths(
+    encoder_hidden_states: torch.Tensor, encoder_hidden_states_mask: torch.Tensor | None
+) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+    """diffusers' `compute_text_seq_len_from_mask` (0.42), the same values without its one
+    host-to-device copy (`torch.as_tensor` of a Python int), which a CUDA graph capture
+    refuses: with this, a forward with a text mask (a batch of prompts of different
+    lengths) can be captured too."""
+    batch_size, text_seq_len = encoder_hidden_states.shape[:2]
+    mask = encoder_hidden_states_mask
+    if mask is None:
+        return text_seq_len, None, None
+    if mask.shape[:2] != (batch_size, text_seq_len):
+        raise ValueError(
+            f"`encoder_hidden_states_mask` shape {mask.shape} must match "
+            f"(batch_size, text_seq_len)=({batch_size}, {text_seq_len})."
+        )
+    mask = mask.to(torch.bool)
+    positions = torch.arange(text_seq_len, device=mask.device, dtype=torch.long)
+    active = torch.where(mask, positions, positions.new_zeros(()))
+    per_sample_len = torch.where(
+        mask.any(dim=1), active.max(dim=1).values + 1, positions.new_full((), text_seq_len)
+    )
+    return text_seq_len, per_sample_len, mask
 
 
 class AcceleratedForward:
@@ -460,11 +484,12 @@ class AcceleratedForward:
     replays a CUDA graph of the whole forward for small images (DESIGN.md: at 512x512 a graph
     runs 3.4x faster than eager launches).
 
-    A graph is captured per (image shape, text length, batch) on first use, into one memory
-    pool that all graphs share (they never run at the same time); the first use of a new
-    prompt length at a small size pays for a capture (three forwards). Only calls it can
-    replay exactly take the graph path: no text mask, no guidance, no ControlNet, inference
-    mode. If a capture fails, graphs are switched off and every call runs without one.
+    A graph is captured per (image shape, text length, batch, text mask or none) on first
+    use, into one memory pool that all graphs share (they never run at the same time); the
+    first use of a new prompt length at a small size pays for a capture (three forwards).
+    Only calls it can replay exactly take the graph path: no guidance, no ControlNet,
+    inference mode. If a capture fails, graphs are switched off (for masked calls only, when
+    the failed capture had a mask) and those calls run without one.
     """
 
     def __init__(
@@ -476,6 +501,9 @@ class AcceleratedForward:
         self._forward = forward
         self._sdpa_order = sdpa_order
         self._graph_max_tokens = graph_max_pixels // _PIXELS_PER_TOKEN
+        self._graph_masks = self._graph_max_tokens > 0
+        if self._graph_masks:
+            transformer_qwenimage.compute_text_seq_len_from_mask = capture_safe_text_lengths
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
         self._pool: Any = None
         self.stats = GraphStats()
@@ -491,9 +519,8 @@ class AcceleratedForward:
                 if entry is None:
                     return self._forward(**kwargs)
             self._graphs.move_to_end(key)
-            entry.hidden_states.copy_(kwargs["hidden_states"])
-            entry.encoder_hidden_states.copy_(kwargs["encoder_hidden_states"])
-            entry.timestep.copy_(kwargs["timestep"])
+            for name, buffer in entry.inputs.items():
+                buffer.copy_(kwargs[name])
             entry.graph.replay()
             self.stats.replayed += 1
             # The graph's output buffer is rewritten by the next replay: hand out a copy.
@@ -512,6 +539,7 @@ class AcceleratedForward:
         hidden = kwargs.get("hidden_states")
         text = kwargs.get("encoder_hidden_states")
         timestep = kwargs.get("timestep")
+        mask = kwargs.get("encoder_hidden_states_mask")
         if self._graph_max_tokens <= 0 or set(kwargs) - _FORWARD_ARGS:
             return None
         if not (
@@ -519,6 +547,8 @@ class AcceleratedForward:
             and isinstance(text, torch.Tensor)
             and isinstance(timestep, torch.Tensor)
         ):
+            return None
+        if mask is not None and not (self._graph_masks and isinstance(mask, torch.Tensor)):
             return None
         if any(kwargs.get(name) is not None for name in _UNGRAPHED_ARGS):
             return None
@@ -532,6 +562,7 @@ class AcceleratedForward:
             tuple(hidden.shape),
             tuple(text.shape),
             tuple(timestep.shape),
+            None if mask is None else (tuple(mask.shape), mask.dtype),
             hidden.dtype,
             text.dtype,
             timestep.dtype,
@@ -539,13 +570,13 @@ class AcceleratedForward:
         )
 
     def _capture(self, key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Graph | None:
-        static = {
-            "hidden_states": kwargs["hidden_states"].clone(),
-            "encoder_hidden_states": kwargs["encoder_hidden_states"].clone(),
-            "timestep": kwargs["timestep"].clone(),
-            "img_shapes": kwargs.get("img_shapes"),
-            "return_dict": False,
+        inputs = {
+            name: kwargs[name].clone()
+            for name in _GRAPH_INPUTS
+            if isinstance(kwargs.get(name), torch.Tensor)
         }
+        static = inputs | {"img_shapes": kwargs.get("img_shapes"), "return_dict": False}
+        masked = "encoder_hidden_states_mask" in inputs
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
@@ -559,22 +590,22 @@ class AcceleratedForward:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 output = self._forward(**static)[0]
         except Exception:
-            # A failed capture is about the model or the kernels, not this shape: stop trying.
+            # A failed capture is about the model or the kernels, not this shape: stop trying
+            # (masked calls only, when this one had a mask).
             logger.warning(
-                "CUDA graph capture failed for %s; CUDA graphs are off from now on",
+                "CUDA graph capture failed for %s%s; CUDA graphs are off from now on%s",
                 key[:3],
+                " with a text mask" if masked else "",
+                " for calls with a text mask" if masked else "",
                 exc_info=True,
             )
-            self._graph_max_tokens = 0
+            if masked:
+                self._graph_masks = False
+            else:
+                self._graph_max_tokens = 0
             self.stats.failed += 1
             return None
-        entry = _Graph(
-            graph,
-            static["hidden_states"],
-            static["encoder_hidden_states"],
-            static["timestep"],
-            output,
-        )
+        entry = _Graph(graph, inputs, output)
         self._graphs[key] = entry
         self.stats.captured += 1
         while len(self._graphs) > _MAX_GRAPHS:
