@@ -239,13 +239,14 @@ class RouterProcess:
         body = {"prompt": "a tram", "size": "256x256", "num_inference_steps": 2}
         return httpx.post(self.url + "/v1/images/generations", json=body, timeout=120)
 
-    def ready_sets_logged(self) -> list[str]:
-        """Every worker set discovery handed over, in order, as the router logged it."""
+    def ready_counts_logged(self) -> list[int]:
+        """How many ready workers each change discovery handed over had, in order, as the
+        router logged them."""
         pattern = re.compile(
-            rf"Ready workers of {re.escape(self.namespace)}/{re.escape(WORKER_SERVICE)}: (.*)$"
+            rf"Ready workers of {re.escape(self.namespace)}/{re.escape(WORKER_SERVICE)}: (\d+)"
         )
         return [
-            match.group(1)
+            int(match.group(1))
             for line in self.service.log().splitlines()
             if (match := pattern.search(line))
         ]

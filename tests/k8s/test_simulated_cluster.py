@@ -155,7 +155,7 @@ def test_router_follows_the_worker_deployment_scaling(deployed: Deployed) -> Non
 def test_rolling_update_never_leaves_the_router_without_a_worker(deployed: Deployed) -> None:
     deployed.scale(3)
     old = deployed.settle(3)
-    logged_before = len(deployed.router.ready_sets_logged())
+    logged_before = len(deployed.router.ready_counts_logged())
     restarted_at = datetime.datetime.now(datetime.UTC).isoformat()
     deployed.apps.patch_namespaced_deployment(
         WORKER_DEPLOYMENT,
@@ -177,7 +177,7 @@ def test_rolling_update_never_leaves_the_router_without_a_worker(deployed: Deplo
     else:
         raise AssertionError(f"the rollout did not finish; the router saw {views[-5:]}")
     assert all(views), "the router had no worker during the rollout"
-    logged = deployed.router.ready_sets_logged()[logged_before:]
-    assert "none" not in logged
+    logged = deployed.router.ready_counts_logged()[logged_before:]
+    assert 0 not in logged
     # maxSurge 0, maxUnavailable 1: the pods were replaced one by one, each step seen.
     assert len(logged) >= 3, logged

@@ -101,6 +101,7 @@ class FakeWorker:
         self.job_arrived = asyncio.Event()
         self.disconnected = asyncio.Event()
         self.jobs: list[JobRequest] = []
+        self.load_polls = 0
         self.app = Starlette(
             routes=[
                 Route(LOAD_PATH, self._load),
@@ -109,6 +110,7 @@ class FakeWorker:
         )
 
     async def _load(self, request: Request) -> Response:
+        self.load_polls += 1
         return JSONResponse(self.load.model_dump())
 
     async def _job(self, request: Request) -> Response:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from qwen_image_router.discovery.kubernetes import KubernetesDiscovery
-from qwen_image_router.registry import WorkerRegistry
+from qwen_image_router.discovery.kubernetes import KubernetesDiscovery, describe_change
+from qwen_image_router.registry import WorkerEndpoint, WorkerRegistry
 from support.k8s_api_stub import (
     EndpointSliceApiStub,
     RecordedRequest,
@@ -364,3 +364,16 @@ async def test_stop_returns_promptly_and_ends_the_thread(
     await discovery.stop()
     assert time.monotonic() - started < 2, "stop() waited for the watch's server timeout"
     assert not [t for t in threading.enumerate() if t.name.startswith("kubernetes-discovery-")]
+
+
+def test_a_change_is_logged_as_the_count_and_the_difference_not_the_set() -> None:
+    def endpoints(*names: str) -> list[WorkerEndpoint]:
+        return [WorkerEndpoint(name, f"http://{name}:8000") for name in names]
+
+    many = [f"w{i:03d}" for i in range(500)]
+    assert describe_change([], endpoints("a", "b")) == "2 (added a, b)"
+    assert describe_change(endpoints("a", "b"), endpoints("b", "c")) == "2 (added c; removed a)"
+    assert describe_change(endpoints("a"), []) == "0 (removed a)"
+    assert describe_change(endpoints("a"), endpoints("a")) == "1"
+    grown = describe_change(endpoints(*many[:100]), endpoints(*many))
+    assert grown == "500 (added w100, w101, w102, w103, w104 and 395 more)"

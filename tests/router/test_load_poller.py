@@ -46,6 +46,36 @@ async def test_a_new_worker_is_polled_at_once_not_after_the_interval() -> None:
         await poller.stop()
 
 
+async def test_a_change_of_the_set_polls_only_the_new_workers() -> None:
+    old, new = FakeWorker(), FakeWorker()
+    registry = WorkerRegistry()
+    async with serve(old.app) as old_url, serve(new.app) as new_url, httpx.AsyncClient() as http:
+        registry.replace([WorkerEndpoint("old", old_url)])
+        poller = LoadPoller(registry, http, interval=60.0, timeout=1.0, block_seconds=1.0)
+        await poller.start()
+        assert old.load_polls == 1
+        for _ in range(3):  # churn: the set changes again and again
+            registry.replace([WorkerEndpoint("old", old_url), WorkerEndpoint("new", new_url)])
+            await until(lambda: new.load_polls >= 1, "the new worker's poll")
+        await asyncio.sleep(0.1)
+        assert (old.load_polls, new.load_polls) == (1, 1)
+        await poller.stop()
+
+
+async def test_every_worker_is_polled_each_interval_even_while_the_set_churns() -> None:
+    worker = FakeWorker()
+    registry = WorkerRegistry()
+    async with serve(worker.app) as url, httpx.AsyncClient() as http:
+        registry.replace([WorkerEndpoint("w", url)])
+        poller = LoadPoller(registry, http, interval=0.2, timeout=1.0, block_seconds=1.0)
+        await poller.start()
+        async with asyncio.timeout(5):
+            while worker.load_polls < 4:
+                registry.replace([WorkerEndpoint("w", url)])  # wakes the poller, no new worker
+                await asyncio.sleep(0.02)
+        await poller.stop()
+
+
 async def test_reports_follow_the_worker_and_failures_forget_its_load() -> None:
     worker = FakeWorker(ready=False)
     registry = WorkerRegistry()

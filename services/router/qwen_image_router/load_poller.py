@@ -4,7 +4,9 @@ Every worker is polled every interval, each on its own with a short timeout, so 
 holds up no other's report; a worker that does not answer well is recorded unreachable,
 so its load is unknown until it answers again, and one whose polls keep timing out is
 recorded silent, so its jobs are given up and sent elsewhere. A change of the worker set
-triggers a poll at once, so new workers get jobs soon.
+triggers a poll of the new workers at once, so they get jobs soon; the others keep their
+rhythm (with hundreds of workers, a churning set would otherwise poll all of them on every
+change).
 """
 
 from __future__ import annotations
@@ -68,15 +70,21 @@ class LoadPoller:
         await asyncio.gather(*(self._poll(worker) for worker in self._registry.workers()))
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + self._interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_round - loop.time()))
             self._wake.clear()
+            every = loop.time() >= next_round
+            if every:
+                next_round = loop.time() + self._interval
             for worker in self._registry.workers():
-                if worker.name not in self._polling:
-                    poll = asyncio.create_task(self._poll(worker), name=f"poll {worker.name}")
-                    self._polling[worker.name] = poll
-                    poll.add_done_callback(functools.partial(self._forget_poll, worker.name))
+                if worker.name in self._polling or not (every or never_polled(worker)):
+                    continue
+                poll = asyncio.create_task(self._poll(worker), name=f"poll {worker.name}")
+                self._polling[worker.name] = poll
+                poll.add_done_callback(functools.partial(self._forget_poll, worker.name))
 
     def _forget_poll(self, name: str, _: asyncio.Task[None]) -> None:
         self._polling.pop(name, None)
@@ -104,3 +112,7 @@ class LoadPoller:
         self._registry.record_load(worker.name, load)
         if load.ready != was_ready:
             logger.info("worker %s is %s", worker.name, "ready" if load.ready else "not ready")
+
+
+def never_polled(worker: WorkerState) -> bool:
+    return worker.load_at is None and worker.consecutive_failures == 0

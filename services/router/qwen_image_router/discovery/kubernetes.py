@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing, suppress
 from typing import Any, cast
 
@@ -318,13 +318,13 @@ class KubernetesDiscovery:
         endpoints = ready_endpoints(self._slices.values(), self._port_name)
         if endpoints == self._published or self._stopping.is_set():
             return
-        self._published = endpoints
         logger.info(
             "Ready workers of %s/%s: %s",
             self._namespace,
             self._service_name,
-            ", ".join(e.name for e in endpoints) or "none",
+            describe_change(self._published or (), endpoints),
         )
+        self._published = endpoints
         assert self._loop is not None and self._registry is not None
         with suppress(RuntimeError):  # the loop closed under us while shutting down
             self._loop.call_soon_threadsafe(self._registry.replace, endpoints)
@@ -336,6 +336,25 @@ class KubernetesDiscovery:
         self._first_view = None
         with suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_resolve, future)
+
+
+def describe_change(
+    before: Sequence[WorkerEndpoint], after: Sequence[WorkerEndpoint], shown: int = 5
+) -> str:
+    """'3 (added a, b; removed c)': the count and what changed, not the whole set, which
+    with hundreds of workers would fill the log on every event."""
+
+    def names(endpoints: list[str]) -> str:
+        more = len(endpoints) - shown
+        return ", ".join(endpoints[:shown]) + (f" and {more} more" if more > 0 else "")
+
+    old, new = {e.name for e in before}, {e.name for e in after}
+    changes = [
+        f"{verb} {names(sorted(group))}"
+        for verb, group in (("added", new - old), ("removed", old - new))
+        if group
+    ]
+    return f"{len(new)} ({'; '.join(changes)})" if changes else str(len(new))
 
 
 def ready_endpoints(
