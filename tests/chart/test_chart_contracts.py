@@ -228,9 +228,10 @@ def test_router_environment(rendered_sets: dict[str, Objects]) -> None:
     assert value(env, "IMAGE_RETENTION_SECONDS") == "86400"
     assert value(env, "IMAGE_RETENTION_MAX_BYTES") == str(10 * 1024**3)
     assert env["WORKER_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    # Discovery watches the EndpointSlices of exactly this Service, on its port named http.
+    # Discovery watches the EndpointSlices of exactly this Service, on its port named http;
+    # the other port is the workers' metrics.
     service = find(objs, "Service", value(env, "WORKER_SERVICE_NAME"))
-    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "metrics"]
     assert selects(service["spec"]["selector"], pod_labels(find(objs, "Deployment", WORKER)))
     assert not selects(service["spec"]["selector"], pod_labels(find(objs, "Deployment", ROUTER)))
     assert service["spec"]["clusterIP"] == "None"
@@ -377,7 +378,11 @@ def test_only_routers_and_scrapers_reach_workers(
     assert from_router["from"] == [{"podSelector": {"matchLabels": peer}}]
     assert selects(peer, router_labels) and not selects(peer, worker_labels)
     assert from_router["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert port_number(find(objs, "Deployment", WORKER), "http") == 8000
+    worker = find(objs, "Deployment", WORKER)
+    assert port_number(worker, "http") == 8000
+    # Scrapers reach the metrics port, which the worker serves apart from its job API.
+    assert from_metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert port_number(worker, "metrics") == int(value(env_of(worker), "METRICS_PORT")) == 9090
     assert from_metrics["from"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},

@@ -119,24 +119,26 @@ def test_custom_resources_have_their_key_fields(render_objects: Any) -> None:
     custom = {(o["apiVersion"], o["kind"]) for o in objs} & CUSTOM_KINDS
     assert custom == CUSTOM_KINDS
 
-    monitor = next(o for o in objs if o["kind"] == "ServiceMonitor")
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
-    ]
-    # It selects both Services and nothing else.
-    services = [o for o in objs if o["kind"] == "Service"]
-    selector = monitor["spec"]["selector"]
-    selected = [
-        s
-        for s in services
-        if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
-        and s["metadata"]["labels"]["app.kubernetes.io/component"]
-        in selector["matchExpressions"][0]["values"]
-    ]
-    assert len(selected) == 2
-    assert all(p["name"] == "http" for s in selected for p in s["spec"]["ports"])
+    # One monitor per Service, each on the port that serves its /metrics and selecting
+    # that Service alone: the workers' job port is not scraped.
+    monitors = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceMonitor"}
+    services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
+    assert set(monitors) == set(services) == {"qwen-image-router", "qwen-image-worker"}
+    for name, port in [("qwen-image-router", "http"), ("qwen-image-worker", "metrics")]:
+        monitor = monitors[name]
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert monitor["spec"]["endpoints"] == [
+            {"port": port, "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        ]
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [
+            service
+            for service in services.values()
+            if selector.items() <= service["metadata"]["labels"].items()
+        ]
+        assert [s["metadata"]["name"] for s in selected] == [name]
+        assert port in [p["name"] for p in selected[0]["spec"]["ports"]]
 
     route = next(o for o in objs if o["kind"] == "HTTPRoute")
     rule = route["spec"]["rules"][0]

@@ -14,6 +14,7 @@ import json
 import socket
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,8 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from qwen_image_common.contract import LOAD_PATH
 from qwen_image_router.api import auth
 from qwen_image_router.app import MAX_HEADER_BYTES
+from support.processes import free_port
 
 KEYS = ("key-one-7f3a9c2e55d14b", "key-two-0b8e41d6a2c97f")
 REWRITE_SECRET = "sk-rewrite-secret-91c4e7a0d2"
@@ -212,3 +215,20 @@ def test_probes_metrics_and_docs_need_no_key_but_reveal_no_secret(keyed_router: 
         assert answer.status_code == 200, path
         for secret in (*KEYS, REWRITE_SECRET):
             assert secret not in answer.text
+
+
+def test_a_worker_serves_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:
+    """What the chart's NetworkPolicy relies on: scrapers get METRICS_PORT, on which no job
+    API answers; the API port stays the routers' alone."""
+    metrics_port = free_port()
+    worker = start_worker(tmp_path, METRICS_PORT=str(metrics_port))
+    try:
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        assert "qwen_image_worker_ready 1.0" in scraped.text
+        # The same metrics text for any path: there is no load or job endpoint on it.
+        load = httpx.get(f"http://127.0.0.1:{metrics_port}{LOAD_PATH}", timeout=5)
+        assert "qwen_image_worker_ready" in load.text and '"capacity"' not in load.text
+        assert httpx.get(worker.url + LOAD_PATH, timeout=5).json()["ready"] is True
+    finally:
+        worker.stop()

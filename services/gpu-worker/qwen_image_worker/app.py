@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
@@ -67,7 +68,6 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = JobQueue(settings.task_queue_size, metrics)
         app.state.queue = queue
-        app.state.metrics = metrics
 
         def report(task: asyncio.Task[None]) -> None:
             if task.cancelled() or task.exception() is None:
@@ -83,6 +83,7 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
         await queue.stop()
 
     app = FastAPI(title="qwen-image gpu-worker (internal API)", lifespan=lifespan)
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -110,4 +111,8 @@ def run(settings: WorkerSettings | None = None) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
     )
     servers.append(GracefulServer(config, on_exit_signal=drain))
+    if settings.metrics_port:
+        # prometheus_client's own server, on a thread: the job API's port stays the router's.
+        start_http_server(settings.metrics_port, settings.host, app.state.metrics.registry)
+        logger.info("metrics on port %d", settings.metrics_port)
     servers[0].run_and_exit()

@@ -47,6 +47,13 @@ class WorkerSettings(BaseSettings):
     )
     host: str = Field(default="0.0.0.0", description="Address the internal API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the internal API.")
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="When set, /metrics is also served on this port, so a network policy can "
+        "let metrics scrapers in without opening the job API to them; 0: the API port only.",
+    )
     drain_timeout_seconds: float = Field(
         default=900.0,
         gt=0,
