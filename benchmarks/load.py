@@ -369,11 +369,12 @@ def _ready_workers(router_url: str) -> int:
 
 
 def worker_busy_seconds(worker_urls: list[str]) -> float:
-    """Sum of every worker's job time so far (qwen_image_worker_job_duration_seconds_sum)."""
+    """Sum of every worker's time in pipeline calls so far (qwen_image_worker_busy_seconds);
+    a batch counts once, however many jobs share it."""
     total = 0.0
     for url in worker_urls:
         for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-            if line.startswith("qwen_image_worker_job_duration_seconds_sum "):
+            if line.startswith("qwen_image_worker_busy_seconds_total "):
                 total += float(line.split()[1])
     return total
 

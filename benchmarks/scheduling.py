@@ -6,7 +6,7 @@ router processes are started in front of them, all sending to every worker; then
 load level, Poisson arrivals at that fraction of the workers' simulated capacity
 (load.py's request mix: jobs of different lengths) run for --duration seconds.
 
-Reported per run: worker utilisation (the workers' busy time, from their own job-duration
+Reported per run: worker utilisation (the workers' busy time, from their own busy-seconds
 metrics, over workers x the arrival window: the share of the offered capacity that was
 served), the drain (last answer after the last arrival), p50/p95/p99 latency of the
 answered requests, the queue-full rate, errors by kind, and lost requests (must be 0).

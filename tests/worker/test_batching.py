@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -94,6 +95,7 @@ async def test_waiting_jobs_of_one_shape_run_in_one_call_in_queue_order(engine: 
     counting = CountingEngine(engine, batch=BATCHING)
     queue, metrics = await started(counting, max_waiting=5)
     counting.calls.clear()
+    began = time.monotonic()
     blocker = queue.submit(job(steps=50, seeds=(1,)))
     await running(queue, 1)
     first = queue.submit(job(size=128, seeds=(10, 11), prompt="a red boat"))
@@ -116,6 +118,8 @@ async def test_waiting_jobs_of_one_shape_run_in_one_call_in_queue_order(engine: 
         [40, 41],
     ]
     assert metrics.batch_images._sum.get() == 1 + 3 + 1 + 2
+    # The GPU's busy time counts each call once: never more than the time that passed.
+    assert 0 < metrics.busy_seconds._value.get() <= time.monotonic() - began
     # Each job's pictures are the ones it makes alone, and one call's images differ.
     alone = await queue.submit(
         job(size=128, seeds=(30,), prompt="a much longer prompt: a blue boat at night")

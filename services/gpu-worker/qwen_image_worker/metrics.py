@@ -21,6 +21,12 @@ class WorkerMetrics:
         self.busy = Gauge(
             prefix + "busy", "1 while a batch of jobs runs on the GPU.", registry=self.registry
         )
+        self.busy_seconds = Counter(
+            prefix + "busy_seconds",
+            "Time spent in pipeline calls; its rate is the GPU's busy fraction (a batch's time "
+            "counts once, however many jobs share it).",
+            registry=self.registry,
+        )
         self.running_jobs = Gauge(
             prefix + "running_jobs",
             "Jobs in the batch on the GPU now; with queue_depth, the worker's demand.",

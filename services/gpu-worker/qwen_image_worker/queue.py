@@ -286,11 +286,13 @@ class JobQueue:
 
         specs = [spec for _, spec in call]
         self._metrics.batch_images.observe(len(specs))
+        started = time.monotonic()
         try:
             return await self.on_gpu_thread(lambda: engine.generate_batch(specs, should_stop))
         except StopRequested:
             return None
         finally:
+            self._metrics.busy_seconds.inc(time.monotonic() - started)
             for job in stopped:
                 self._fail(job, job.stop_error())
 
