@@ -35,6 +35,7 @@ from qwen_image_router.scheduling.balancer import Balancer
 from qwen_image_router.settings import RouterSettings, load_settings
 from qwen_image_router.storage import ImageStorage, RetentionTask, sweep_interval
 from qwen_image_router.worker_client import WorkerClient
+from qwen_image_router.worker_transport import PerWorkerTransport
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,11 @@ _KEEPALIVE_EXPIRY_SECONDS = 2.0
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def _worker_http_client() -> httpx.AsyncClient:
+def _worker_http_client(transport: PerWorkerTransport) -> httpx.AsyncClient:
     """No read timeout: a job takes as long as it takes, TASK_TIMEOUT bounds it."""
     return httpx.AsyncClient(
+        transport=transport,
         timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None),
-        limits=httpx.Limits(
-            max_connections=None,
-            max_keepalive_connections=64,
-            keepalive_expiry=_KEEPALIVE_EXPIRY_SECONDS,
-        ),
         trust_env=False,  # worker traffic never goes through an HTTP proxy
     )
 
@@ -76,12 +73,16 @@ async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIter
         retention.start()
         stack.push_async_callback(retention.stop)
 
-        http = await stack.enter_async_context(_worker_http_client())
+        transport = PerWorkerTransport(
+            httpx.Limits(max_connections=None, keepalive_expiry=_KEEPALIVE_EXPIRY_SECONDS)
+        )
+        http = await stack.enter_async_context(_worker_http_client(transport))
         rewriter = build_rewriter(settings, metrics)
         if rewriter is not None:
             stack.push_async_callback(rewriter.close)
 
         registry = WorkerRegistry()
+        registry.on_change(lambda: transport.keep_only(w.endpoint.url for w in registry.workers()))
         discovery = build_discovery(settings)
         await discovery.start(registry)
         stack.push_async_callback(discovery.stop)

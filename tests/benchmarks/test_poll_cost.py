@@ -1,0 +1,43 @@
+"""benchmarks/poll_cost.py as a program: both clients poll real servers and say so."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_short_run_reports_both_clients_keeping_every_report_fresh() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "poll_cost.py"),
+            "--workers",
+            "4",
+            "--interval",
+            "0.2",
+            "--seconds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = re.findall(
+        r"(\d+) workers, (shared pool|pool per worker)\s*: +([\d.]+) polls/s \(asked (\d+)\), "
+        r"CPU +[\d.]+ % of a core, ([\d.]+) ms a poll, (\d+)/(\d+) reports fresh",
+        done.stdout,
+    )
+    assert [(count, name) for count, name, *_ in rows] == [
+        ("4", "shared pool"),
+        ("4", "pool per worker"),
+    ]
+    for _, _, polls, asked, ms, fresh, of in rows:
+        # 20 polls a second asked of 4 workers; a run of 1 s does most of them.
+        assert asked == "20" and 10 <= float(polls) <= 30
+        assert float(ms) > 0 and fresh == of == "4"
+    assert "CPU a poll, shared pool / pool per worker:" in done.stdout
