@@ -5,8 +5,9 @@ A second process serves GET /internal/v1/load on --workers loopback ports (one u
 server, one socket per worker). In this process the router's real LoadPoller polls them
 every --interval seconds for --seconds, through each HTTP client in turn. Printed per worker
 count and client: polls done per second (against the workers / interval asked for), CPU of
-this process (% of one core), CPU per poll, and how many workers' reports are fresher than
-the router's LOAD_STALE_AFTER_SECONDS default (3 s) at the end.
+this process (% of one core), CPU per poll, how many workers' reports are fresher than
+the router's LOAD_STALE_AFTER_SECONDS default (3 s) at the end, and the CPU per worker of
+the first round (new connections and pools: what a wave of new workers costs).
 
     .venv/bin/python benchmarks/poll_cost.py                     # 50, 200, 500 workers
     .venv/bin/python benchmarks/poll_cost.py --workers 100 --seconds 5
@@ -98,7 +99,9 @@ async def measure(
     async with make_client() as http:
         http.event_hooks["response"].append(count)
         poller = LoadPoller(registry, http, interval, timeout=2.0, block_seconds=1.0)
-        await poller.start()
+        cpu = time.process_time()
+        await poller.start()  # polls every worker once: new connections (and pools)
+        first_round = time.process_time() - cpu
         await asyncio.sleep(2 * interval + 1)  # connections made, rhythm settled
         polls, cpu, wall = 0, time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
@@ -115,6 +118,7 @@ async def measure(
         "cpu_share": cpu / wall,
         "cpu_ms_per_poll": 1000 * cpu / max(polls, 1),
         "fresh": fresh,
+        "first_round_ms_per_worker": 1000 * first_round / len(ports),
     }
 
 
@@ -149,7 +153,8 @@ def main() -> int:
                     f"{count:4d} workers, {name:15s}: {r['polls_per_s']:7.1f} polls/s "
                     f"(asked {count / args.interval:.0f}), CPU {100 * r['cpu_share']:5.1f} % "
                     f"of a core, {r['cpu_ms_per_poll']:.2f} ms a poll, "
-                    f"{r['fresh']:.0f}/{count} reports fresh"
+                    f"{r['fresh']:.0f}/{count} reports fresh; first round "
+                    f"{r['first_round_ms_per_worker']:.2f} ms a worker"
                 )
             old, new = (results[name]["cpu_ms_per_poll"] for name in CLIENTS)
             print(

@@ -29,7 +29,8 @@ def test_a_short_run_reports_both_clients_keeping_every_report_fresh() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = re.findall(
         r"(\d+) workers, (shared pool|pool per worker)\s*: +([\d.]+) polls/s \(asked (\d+)\), "
-        r"CPU +[\d.]+ % of a core, ([\d.]+) ms a poll, (\d+)/(\d+) reports fresh",
+        r"CPU +[\d.]+ % of a core, ([\d.]+) ms a poll, (\d+)/(\d+) reports fresh; "
+        r"first round [\d.]+ ms a worker",
         done.stdout,
     )
     assert [(count, name) for count, name, *_ in rows] == [
