@@ -72,6 +72,7 @@ from qwen_image_worker.engine.acceleration import (
     Accelerated,
     Levers,
     accelerate,
+    batch_limit,
     lossless_tolerance,
     relative_error,
 )
@@ -803,7 +804,14 @@ class Bench:
         entry["levers"] = self.done.active
         if self.done.fp8 is not None:
             entry["fp8"] = asdict(self.done.fp8)
-        self.engine = Engine(self.pipe, on_step=self.marks.on_step, warmup_sizes=plan.warmup_sizes)
+        # The worker's own batch limit, so the start-up warm-up is the worker's (with its
+        # batch of two when batching is on).
+        self.engine = Engine(
+            self.pipe,
+            on_step=self.marks.on_step,
+            warmup_sizes=plan.warmup_sizes,
+            batch=batch_limit(settings, self.done),
+        )
         started = time.perf_counter()
         base = replace(job_spec(plan.warmup_sizes[0], 2), prompt="warm-up")
         warmed = self.engine.warm_up(base)

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from qwen_image_worker.engine.acceleration import (
     LOSSLESS_REL_L2_TOLERANCE,
+    Accelerated,
     AcceleratedForward,
     FusedQKVAttnProcessor,
     Levers,
     accelerate,
+    batch_limit,
     capture_safe_text_lengths,
     fuse_qkv,
     relative_error,
@@ -321,3 +323,11 @@ def test_graphs_put_the_capture_safe_text_lengths_in_the_transformers_path(
     assert transformer_qwenimage.compute_text_seq_len_from_mask is STOCK_TEXT_LENGTHS
     AcceleratedForward(lambda **_: None, None, graph_max_pixels=512 * 512)
     assert transformer_qwenimage.compute_text_seq_len_from_mask is capture_safe_text_lengths
+
+
+def test_the_batch_limit_is_the_settings_unless_a_fast_mode_couples_a_batch() -> None:
+    settings = WorkerSettings.model_construct()
+    assert batch_limit(settings, Accelerated()) == BatchLimit(8, 1024 * 1024)
+    coupled = Accelerated(active=["fp8_tensor"])
+    assert coupled.batch_coupling is not None
+    assert batch_limit(settings, coupled) == BatchLimit()

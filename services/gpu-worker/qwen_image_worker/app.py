@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
 from qwen_image_worker.api.routes import health, jobs
-from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit, ImageEngine, ImageSpec
+from qwen_image_worker.engine.base import BatchLimit, ImageEngine, ImageSpec
 from qwen_image_worker.engine.simulated import SIMULATED_MODEL_PATH, SimulatedEngine
 from qwen_image_worker.errors import install_error_handlers
 from qwen_image_worker.metrics import WorkerMetrics
@@ -30,27 +30,25 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
     """`on_fatal` is called when the model cannot be loaded; `run` makes it exit non-zero."""
 
     def build_engine() -> ImageEngine:
-        batch = BatchLimit(settings.batch_max_images, settings.batch_max_pixels)
         if settings.model_path.strip().lower() == SIMULATED_MODEL_PATH:
             return SimulatedEngine(
-                settings.simulated_step_seconds, on_step=metrics.step_duration.observe, batch=batch
+                settings.simulated_step_seconds,
+                on_step=metrics.step_duration.observe,
+                batch=BatchLimit(settings.batch_max_images, settings.batch_max_pixels),
             )
         # Imported here, so a simulated worker never loads torch (about 1 GB a process).
-        from qwen_image_worker.engine.acceleration import Levers, accelerate
+        from qwen_image_worker.engine.acceleration import Levers, accelerate, batch_limit
         from qwen_image_worker.engine.generation import Engine
         from qwen_image_worker.engine.loading import load_pipeline, pick_device
 
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
         levers = accelerate(pipe, Levers.from_settings(settings))
-        if levers.batch_coupling is not None and batch.max_images > 1:
-            logger.info("batching off: %s", levers.batch_coupling)
-            batch = ONE_AT_A_TIME
         return Engine(
             pipe,
             on_step=metrics.step_duration.observe,
             warmup_sizes=settings.warmup_size_list if levers.per_shape else (),
-            batch=batch,
+            batch=batch_limit(settings, levers),
         )
 
     warmup = ImageSpec(

@@ -38,6 +38,7 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
@@ -172,6 +173,15 @@ class Accelerated:
         if "fp8_tensor" in self.active:
             return "per-tensor FP8 scales activations over the whole batch"
         return None
+
+
+def batch_limit(settings: WorkerSettings, done: Accelerated) -> BatchLimit:
+    """BATCH_MAX_IMAGES and BATCH_MAX_PIXELS, unless a fast mode couples a batch's images."""
+    limit = BatchLimit(settings.batch_max_images, settings.batch_max_pixels)
+    if done.batch_coupling is not None and limit.max_images > 1:
+        logger.info("batching off: %s", done.batch_coupling)
+        return ONE_AT_A_TIME
+    return limit
 
 
 def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = False) -> Accelerated:
