@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
 from PIL import Image
@@ -58,7 +59,9 @@ class Job:
     def stop_error(self) -> WorkerError:
         return JobCancelled() if self.cancelled.is_set() else TaskTimeout()
 
+    @cached_property
     def image_specs(self) -> list[ImageSpec]:
+        """One per seed; made once, read each time the queue looks for batch-mates."""
         r = self.request
         return [
             ImageSpec(
@@ -190,20 +193,20 @@ class JobQueue:
             await self._run(self._take_batch())
 
     def _take_batch(self) -> list[Job]:
-        """The head job, and the waiting jobs after it that fit in its pipeline calls."""
+        """The head job, and the waiting jobs after it that fit in its pipeline calls; the
+        others keep their order."""
         assert self._engine is not None
         head = self._waiting.popleft()
-        first = head.image_specs()[0]
-        room = self._engine.batch_size(first) - len(head.request.seeds)
-        batch = [head]
-        for job in list(self._waiting):
-            if room <= 0:
-                break
-            seeds = len(job.request.seeds)
-            if job.image_specs()[0].batch_key == first.batch_key and seeds <= room:
-                self._waiting.remove(job)
+        key = head.image_specs[0].batch_key
+        room = self._engine.batch_size(head.image_specs[0]) - len(head.image_specs)
+        batch, rest = [head], deque[Job]()
+        for job in self._waiting:
+            if job.image_specs[0].batch_key == key and len(job.image_specs) <= room:
                 batch.append(job)
-                room -= seeds
+                room -= len(job.image_specs)
+            else:
+                rest.append(job)
+        self._waiting = rest
         self._metrics.queue_depth.set(len(self._waiting))
         return batch
 
@@ -224,7 +227,7 @@ class JobQueue:
         self._metrics.capacity.set(self.capacity)
         self._metrics.busy.set(1)
         encodes: dict[Job, list[asyncio.Task[str]]] = {job: [] for job in jobs}
-        images = [(job, spec) for job in jobs for spec in job.image_specs()]
+        images = [(job, spec) for job in jobs for spec in job.image_specs]
         size = engine.batch_size(images[0][1])
         if len(jobs) > 1:
             first = images[0][1]

@@ -118,7 +118,7 @@ class Engine:
             self.generate(replace(spec, width=width, height=height), lambda: False)
             shapes.add(self.generation_size(width, height))
             made.append((width, height))
-        batchable = [size for size in made if self.batch.images(*size) > 1]
+        batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
         if self.warmup_sizes and batchable:
             first = replace(spec, width=batchable[0][0], height=batchable[0][1])
             longer = replace(first, prompt=f"{first.prompt}, once more and longer", seed=1)
