@@ -8,6 +8,16 @@ from qwen_image_worker.engine.base import ImageSpec
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 
+# Sizes of the gpu tests (tests/worker/*_gpu.py).
+GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
+COMPILED = (1024, 576)  # larger: compiled blocks, no graph
+
+
+@pytest.fixture(scope="session")
+def cuda() -> torch.device:
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
+    return torch.device("cuda")
+
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
@@ -54,3 +64,27 @@ def forward_inputs(tokens_h: int, tokens_w: int, text: int, text_dim: int) -> di
         "img_shapes": [[(1, tokens_h, tokens_w)]] * 2,
         "return_dict": False,
     }
+
+
+def compile_blocks_and_vary_shapes(
+    transformer: QwenImageTransformer2DModel, text_dim: int
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Regionally compile `transformer`'s blocks (dynamic shapes, aot_eager) and run three
+    image sizes and prompt lengths; returns the graphs dynamo made, and the compiled and the
+    eager output of the first. Sizes equal no model width: dynamo would tie equal sizes
+    to one symbol."""
+    torch._dynamo.reset()
+    first = forward_inputs(5, 7, 9, text_dim=text_dim)
+    try:
+        with torch.no_grad():
+            eager = transformer(**first)[0]
+            for block in transformer.transformer_blocks:
+                block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
+            torch._dynamo.utils.counters.clear()
+            compiled = transformer(**first)[0]
+            transformer(**forward_inputs(6, 7, 11, text_dim=text_dim))
+            transformer(**forward_inputs(3, 10, 23, text_dim=text_dim))
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        return graphs, compiled, eager
+    finally:
+        torch._dynamo.reset()

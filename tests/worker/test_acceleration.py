@@ -29,7 +29,7 @@ from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import forward_inputs, random_transformer, spec
+from .conftest import compile_blocks_and_vary_shapes, forward_inputs, random_transformer, spec
 
 
 def rel_l2(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -178,22 +178,11 @@ def test_fused_qkv_computes_the_stock_function_without_new_memory() -> None:
 
 def test_the_fused_block_compiles_once_for_every_image_size_and_text_length() -> None:
     """No request pays for compilation: dynamic shapes cover new prompt lengths and sizes."""
-    torch._dynamo.reset()
     transformer = random_transformer(layers=2, heads=3, text_dim=16)
     fuse_qkv(transformer)
-    # Sizes that equal no model width: dynamo would tie equal sizes to one symbol.
-    first = forward_inputs(5, 7, 9, text_dim=16)
-    with torch.no_grad():
-        eager = transformer(**first)[0]
-        for block in transformer.transformer_blocks:
-            block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
-        torch._dynamo.utils.counters.clear()
-        compiled = transformer(**first)[0]
-        transformer(**forward_inputs(6, 7, 11, text_dim=16))
-        transformer(**forward_inputs(3, 10, 23, text_dim=16))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=16)
+    assert graphs == 1
     assert rel_l2(compiled, eager) < 1e-6
-    torch._dynamo.reset()
 
 
 def test_vae_single_frame_conv2d_decodes_the_same_image() -> None:
@@ -241,17 +230,23 @@ def test_one_prompt_reaches_the_transformer_without_a_text_mask(engine: Engine) 
     assert len(masks) == 2 * 2 * 3 and all(mask is None for mask in masks)
 
 
-def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:
-    sizes = [(72, 40), (80, 48), (64, 64), (96, 96)]
-    warming = Engine(engine.pipe, warmup_sizes=sizes)
+def warm_up_decodes(engine: Engine) -> tuple[list[tuple[int, int]], list[tuple[int, ...]]]:
+    """The sizes `engine.warm_up` reports, and the (batch, height, width) of each latent
+    its VAE decoded."""
     made: list[tuple[int, ...]] = []
     handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
         lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
     )
     try:
-        done = warming.warm_up(spec(num_inference_steps=1))
+        return engine.warm_up(spec(num_inference_steps=1)), made
     finally:
         handle.remove()
+
+
+def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:
+    sizes = [(72, 40), (80, 48), (64, 64), (96, 96)]
+    warming = Engine(engine.pipe, warmup_sizes=sizes)
+    done, made = warm_up_decodes(warming)
     # 72x40 is generated as 80x48, and the base image is 64x64: each shape once.
     assert done == [(64, 64), (72, 40), (96, 96)]
     assert made == [(1, 8, 8), (1, 6, 10), (1, 12, 12)]
@@ -265,14 +260,7 @@ def test_a_batching_warm_up_adds_a_batch_of_two_at_the_first_size_that_batches(
     batching = Engine(
         engine.pipe, warmup_sizes=[(72, 40), (32, 32)], batch=BatchLimit(8, 2 * 32 * 32)
     )
-    made: list[tuple[int, ...]] = []
-    handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
-        lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
-    )
-    try:
-        done = batching.warm_up(spec(num_inference_steps=1))
-    finally:
-        handle.remove()
+    done, made = warm_up_decodes(batching)
     assert done == [(64, 64), (72, 40), (32, 32)]
     assert made == [(1, 8, 8), (1, 6, 10), (1, 4, 4), (2, 4, 4)]
 

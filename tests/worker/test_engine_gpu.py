@@ -27,19 +27,11 @@ from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import spec
+from .conftest import COMPILED, GRAPHED, spec
 
 pytestmark = pytest.mark.gpu
 
-GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
 BATCHING = BatchLimit(max_images=8, max_pixels=1024 * 1024)  # the worker's defaults
-COMPILED = (1024, 576)  # larger: compiled blocks, no graph
-
-
-@pytest.fixture(scope="module")
-def cuda() -> torch.device:
-    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
-    return torch.device("cuda")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,10 @@ from qwen_image_worker.engine.fp8 import Fp8Linear, quantise
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import spec
+from .conftest import COMPILED, GRAPHED, spec
 
 pytestmark = pytest.mark.gpu
 
-GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
-COMPILED = (1024, 576)  # larger: compiled blocks, no graph
 JOB = spec(seed=21, num_inference_steps=8)
 # Stated deviations from the lossless engine (latents, relative_error), for this model and
 # job. Measured on the CPU: FP8 in every block moves the latents by 0.005-0.009; the step
@@ -42,12 +40,6 @@ JOB = spec(seed=21, num_inference_steps=8)
 FP8_BOUND = 0.05
 CACHE_BOUND = 0.1
 CACHE_THRESHOLD = 0.5
-
-
-@pytest.fixture(scope="module")
-def cuda() -> torch.device:
-    assert torch.cuda.is_available(), "the gpu tests need a CUDA device"
-    return torch.device("cuda")
 
 
 def build(device: torch.device, **settings: Any) -> tuple[Engine, Accelerated]:

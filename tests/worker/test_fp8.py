@@ -20,7 +20,7 @@ from qwen_image_worker.engine.fp8 import (
     quantise_blocks,
 )
 
-from .conftest import forward_inputs, random_transformer
+from .conftest import compile_blocks_and_vary_shapes, forward_inputs, random_transformer
 
 # e4m3 keeps 3 mantissa bits: rounding moves a normal number by at most 2^-4 of itself.
 E4M3_ROUNDING = 2.0**-4
@@ -138,19 +138,9 @@ def test_the_fp8_transformer_stays_near_the_float_one(edge: int) -> None:
 
 def test_an_fp8_block_compiles_once_for_every_size_and_text_length() -> None:
     """Regional compile traces through the FP8 layers: no graph break, no recompile."""
-    torch._dynamo.reset()
     transformer = deep_transformer(layers=2)
     fuse_qkv(transformer)
     quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
-    first = forward_inputs(5, 7, 9, text_dim=32)
-    with torch.no_grad():
-        eager = transformer(**first)[0]
-        for block in transformer.transformer_blocks:
-            block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
-        torch._dynamo.utils.counters.clear()
-        compiled = transformer(**first)[0]
-        transformer(**forward_inputs(6, 7, 11, text_dim=32))
-        transformer(**forward_inputs(3, 10, 23, text_dim=32))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=32)
+    assert graphs == 1
     assert relative_error(compiled, eager) < 1e-6
-    torch._dynamo.reset()
