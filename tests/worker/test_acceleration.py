@@ -313,6 +313,25 @@ def test_graphs_put_the_capture_safe_text_lengths_in_the_transformers_path(
     assert transformer_qwenimage.compute_text_seq_len_from_mask is capture_safe_text_lengths
 
 
+def test_a_pipeline_call_and_a_graph_capture_share_one_compiled_block() -> None:
+    """The pipeline passes attention_kwargs={}, a graph capture passes none; compiled blocks
+    guard on which, so without the wrapper's normalising each block variant compiles twice
+    (seen on the H200: the batch test recompiled, the FP8 engine hit dynamo's limit)."""
+    transformer = random_transformer(layers=2, heads=2, text_dim=24)
+    transformer.forward = AcceleratedForward(transformer.forward, None, graph_max_pixels=0)
+    torch._dynamo.reset()
+    try:
+        for block in transformer.transformer_blocks:
+            block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
+        torch._dynamo.utils.counters.clear()
+        with torch.no_grad():
+            transformer(**forward_inputs(4, 6, 9, text_dim=24), attention_kwargs={})
+            transformer(**forward_inputs(4, 6, 9, text_dim=24))
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+
+
 def test_the_batch_limit_is_the_settings_unless_a_fast_mode_couples_a_batch() -> None:
     settings = WorkerSettings.model_construct()
     assert batch_limit(settings, Accelerated()) == BatchLimit(8, 1024 * 1024)

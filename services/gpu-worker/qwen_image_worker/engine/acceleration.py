@@ -82,6 +82,11 @@ _PIXELS_PER_TOKEN = 16 * 16
 _CAPTURE_WARMUP_RUNS = 2
 # Graphs are per (image size, text length, batch); the least recently used beyond this go.
 _MAX_GRAPHS = 64
+# Compiled variants of one block's forward that dynamo keeps. They are per code object, so
+# every engine in a process adds to them (the benchmark's variants, the GPU tests' engines),
+# and one engine makes about three (batch of one or more, text mask or none); with
+# fullgraph=True a hit of the default 8 would fail the request instead of running eager.
+_RECOMPILE_LIMIT = 64
 # torch._scaled_mm's e4m3 matmuls: Ada (8.9), Hopper (9.0) and newer.
 _FP8_CAPABILITY = (8, 9)
 
@@ -221,6 +226,8 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     if on_cuda and levers.compile_transformer:
         # Dynamic shapes: one compiled block serves every image size and prompt length, so
         # a prompt of a new length never recompiles inside a request.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, _RECOMPILE_LIMIT)
         transformer.compile_repeated_blocks(fullgraph=True, dynamic=True, mode=mode)
         done.active.append("compile_transformer")
     if on_cuda and levers.compile_vae:
@@ -519,6 +526,10 @@ class AcceleratedForward:
         self.stats = GraphStats()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "attention_kwargs" in kwargs and not kwargs["attention_kwargs"]:
+            # The pipeline passes {}, a graph capture None: the same forward, but compiled
+            # blocks guard on which, so one would compile every variant twice.
+            kwargs["attention_kwargs"] = None
         with self._sdpa():
             key = None if args else self._graph_key(kwargs)
             if key is None:
