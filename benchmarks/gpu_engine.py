@@ -17,8 +17,9 @@ step cache) against the lossless variant's output, reported, not judged. The "lo
 variant also fills the stock-vs-engine `rows` and, unless switched off, runs images per
 second by batch size (one pipeline call per batch of equal-length prompts), the real
 JobQueue under a full queue by batch limit (images/s, busy fraction, each job's picture
-against one-at-a-time), and at CUDA-graph sizes a probe of the forward alone (batch 1 and 2:
-what a whole-step graph or batched CFG could still gain).
+against one-at-a-time), at CUDA-graph sizes a probe of the forward alone (batch 1 and 2:
+what a whole-step graph or batched CFG could still gain), and at the other sizes the
+forward's time split by kind of kernel beside its FLOPs (forward_profile.py).
 
   python benchmarks/gpu_engine.py --out report.json             # full size, CUDA, 50 steps
   python benchmarks/gpu_engine.py --steps 12 --budget-s 300 \\
@@ -60,6 +61,7 @@ from diffusers import (
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
+from forward_profile import forward_flops, profile_forward
 from PIL import Image
 from report_table import table
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -95,6 +97,8 @@ TINY_LAYERS = 4  # enough blocks for FP8's bf16 edge blocks and the step cache t
 SPREAD_KERNEL = {"cuda": "efficient", "cpu": "math"}
 # Timed forwards per batch size in the probe, after three untimed ones (compile, capture).
 PROBE_RUNS = {"cuda": 10, "cpu": 2}
+# Profiled forwards at sizes that ran without a CUDA graph (a graph hides its kernels).
+PROFILE_RUNS = 3
 # Qwen-Image's scheduler (its scheduler/scheduler_config.json).
 SCHEDULER = {
     "base_image_seq_len": 256,
@@ -203,6 +207,7 @@ class Plan:
     throughput: bool
     queue: bool
     probe: bool
+    profile: bool
 
 
 def parse_variants(value: str) -> list[Variant]:
@@ -248,6 +253,9 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
     parser.add_argument("--no-queue", action="store_true", help="skip the full-queue runs")
     parser.add_argument("--no-probe", action="store_true", help="skip the forward-alone probe")
     parser.add_argument(
+        "--no-profile", action="store_true", help="skip the forward's split by kind of kernel"
+    )
+    parser.add_argument(
         "--budget-s", type=float, help="skip sections that would start after this many seconds"
     )
     args = parser.parse_args(argv)
@@ -272,6 +280,7 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         throughput=not args.no_throughput,
         queue=not args.no_queue,
         probe=not args.no_probe,
+        profile=not args.no_profile,
     )
     return plan, args.out
 
@@ -873,6 +882,8 @@ class Bench:
             compare(stock_row, self.stock[label(size)], outputs)
             if self.plan.probe and self.graphed(size):
                 row["probe"] = self.probe(size, timed["median_step_s"])
+            if self.plan.profile and row["graph_replays"] == 0:
+                row["profile"] = self.profile(size)
         elif label(size) in self.lossless:
             reference, reference_timed = self.lossless[label(size)]
             row["vs_lossless"] = deviation(outputs, reference)
@@ -894,29 +905,35 @@ class Bench:
         """Sizes the default engine replays as CUDA graphs (on the CPU: the same sizes)."""
         return size[0] * size[1] <= WorkerSettings().cuda_graph_max_pixels
 
-    def probe(self, size: tuple[int, int], step_s: float | None) -> dict[str, Any]:
-        """The transformer forward alone, batch 1 and 2, no mask, equal text lengths."""
+    def forward_kwargs(self, size: tuple[int, int], batch: int) -> dict[str, Any]:
+        """One transformer forward's inputs: random latents and text of the prompt's length,
+        no mask (equal text lengths)."""
         transformer = self.pipe.transformer
         config = transformer.config
         dtype = transformer.dtype
         device = self.plan.device
         rows, cols = size[1] // 16, size[0] // 16
         text = self.data["text_tokens"]["prompt"]
-        runs = PROBE_RUNS[device.type]
+        noise = torch.Generator("cpu").manual_seed(SEED)
+        return {
+            "hidden_states": torch.randn(
+                batch, rows * cols, config.in_channels, generator=noise
+            ).to(device, dtype),
+            "encoder_hidden_states": torch.randn(
+                batch, text, config.joint_attention_dim, generator=noise
+            ).to(device, dtype),
+            "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+            "img_shapes": [[(1, rows, cols)]] * batch,
+            "return_dict": False,
+        }
+
+    def probe(self, size: tuple[int, int], step_s: float | None) -> dict[str, Any]:
+        """The transformer forward alone, batch 1 and 2, no mask, equal text lengths."""
+        transformer = self.pipe.transformer
+        runs = PROBE_RUNS[self.plan.device.type]
         result: dict[str, Any] = {"runs": runs}
         for batch in (1, 2):
-            noise = torch.Generator("cpu").manual_seed(SEED)
-            kwargs = {
-                "hidden_states": torch.randn(
-                    batch, rows * cols, config.in_channels, generator=noise
-                ).to(device, dtype),
-                "encoder_hidden_states": torch.randn(
-                    batch, text, config.joint_attention_dim, generator=noise
-                ).to(device, dtype),
-                "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
-                "img_shapes": [[(1, rows, cols)]] * batch,
-                "return_dict": False,
-            }
+            kwargs = self.forward_kwargs(size, batch)
             with torch.inference_mode():
                 for _ in range(3):
                     transformer(**kwargs)
@@ -929,6 +946,24 @@ class Bench:
         if step_s is not None:
             result["step_minus_two_forwards_s"] = round(step_s - 2 * one, 5)
         log(f"probe {label(size)}: {result}")
+        return result
+
+    def profile(self, size: tuple[int, int]) -> dict[str, Any]:
+        """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs."""
+        transformer = self.pipe.transformer
+        kwargs = self.forward_kwargs(size, 1)
+        flops = forward_flops(
+            transformer.config,
+            1,
+            kwargs["hidden_states"].shape[1],
+            kwargs["encoder_hidden_states"].shape[1],
+        )
+        with torch.inference_mode():
+            transformer(**kwargs)  # the row's runs compiled this shape; this warms the text
+            result = profile_forward(
+                lambda: transformer(**kwargs), flops, self.plan.device, PROFILE_RUNS
+            )
+        log(f"profile {label(size)}: {result['kinds']}")
         return result
 
     def throughput(self, side: str) -> None:

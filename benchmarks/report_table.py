@@ -90,7 +90,18 @@ def variant_lines(variants: list[dict[str, Any]]) -> list[str]:
         for row in entry["rows"]:
             if "probe" in row:
                 lines.append(f"probe {entry['name']} {row['size']}: {row['probe']}")
+            if "profile" in row:
+                lines.append(f"profile {entry['name']} {row['size']}: {split(row['profile'])}")
     return lines
+
+
+def split(profile: dict[str, Any]) -> str:
+    """One forward's time by kind of kernel: seconds, share, TFLOP/s where counted."""
+    parts = []
+    for kind, part in profile["kinds"].items():
+        rate = f", {part['tflops']} TFLOP/s" if part.get("tflops") else ""
+        parts.append(f"{kind} {part['s']:.4g} s ({100 * part['share']:.0f} %{rate})")
+    return f"{profile['total_s']:.4g} s on {profile['timed_on']}: " + "; ".join(parts)
 
 
 def fmt(value: Any) -> str:

@@ -1,0 +1,100 @@
+"""Where a transformer forward's time goes: matmuls, attention, fused elementwise kernels.
+
+Issue 5's goals at 1328x1328 and 1024x1024 are compute-bound. The largest matmuls already
+run at the card's bf16 peak (round 3), so the gap to the compute floor must be in attention
+or the work between matmuls; this splits one forward's GPU time by kind of kernel and sets
+each beside its arithmetic (analytic FLOPs of Qwen-Image's joint blocks), so a run says
+which kind to attack. On the CPU (--tiny) the same split is made of the operators' own time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+# Kernel and operator names, lower-cased, by kind; the first pattern that matches wins.
+# Inductor names a fused kernel after the operators around it (a copy before attention may
+# be "triton_poi_fused__scaled_dot_product_..."), so its prefixes come before attention's;
+# cuDNN's attention kernels name their architecture as the matmuls do, so attention comes
+# before matmul.
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("matmul", ("triton_tem", "triton_mm")),
+    ("fused", ("triton_",)),
+    ("attention", ("attention", "attn", "fmha", "flash", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "aten::mm", "addmm", "bmm")),
+)
+TOP_KERNELS = 8
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    for kind, patterns in KINDS:
+        if any(pattern in lowered for pattern in patterns):
+            return kind
+    return "other"
+
+
+def forward_flops(config: Any, batch: int, image_tokens: int, text_tokens: int) -> dict[str, float]:
+    """FLOPs of the blocks' matmuls and joint attention for one forward (multiply-add = 2).
+
+    Per block and token of either stream: Q, K, V and the output projection (4 d^2) and the
+    MLP (2 d f, f = 4 d); attention over the joint sequence: Q K^T and P V, 2 n^2 d each.
+    The modulation, the input and output layers are left out (under 0.1 %)."""
+    width = config.num_attention_heads * config.attention_head_dim
+    tokens = image_tokens + text_tokens
+    per_token = 2 * (4 * width * width + 2 * width * 4 * width)
+    layers = config.num_layers
+    return {
+        "matmul": float(batch * layers * tokens * per_token),
+        "attention": float(batch * layers * 4 * tokens * tokens * width),
+    }
+
+
+def profile_forward(
+    forward: Callable[[], Any], flops: dict[str, float], device: torch.device, runs: int
+) -> dict[str, Any]:
+    """Profile `runs` calls of `forward` (warmed up by the caller) and split their time."""
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(runs):
+            forward()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if on_cuda:
+            seconds = (
+                event.self_device_time_total / 1e6 if event.device_type == DeviceType.CUDA else 0
+            )
+        else:
+            seconds = event.self_cpu_time_total / 1e6
+        if seconds > 0:
+            kernels[event.key] = kernels.get(event.key, 0.0) + seconds / runs
+    by_kind: dict[str, float] = {}
+    for name, seconds in kernels.items():
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + seconds
+    total = sum(by_kind.values())
+    result: dict[str, Any] = {
+        "runs": runs,
+        "timed_on": "gpu kernels" if on_cuda else "cpu operators",
+        "total_s": round(total, 6),
+        "kinds": {
+            kind: {"s": round(seconds, 6), "share": round(seconds / total, 4) if total else 0.0}
+            for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])
+        },
+        "flops": {kind: f"{value:.4g}" for kind, value in flops.items()},
+        "top": [
+            {"name": name[:120], "kind": kind_of(name), "s": round(seconds, 6)}
+            for name, seconds in sorted(kernels.items(), key=lambda item: -item[1])[:TOP_KERNELS]
+        ],
+    }
+    for kind, value in flops.items():
+        seconds = by_kind.get(kind, 0.0)
+        result["kinds"].setdefault(kind, {"s": 0.0, "share": 0.0})
+        result["kinds"][kind]["tflops"] = round(value / seconds / 1e12, 2) if seconds else None
+    return result
