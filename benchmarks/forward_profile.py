@@ -96,5 +96,7 @@ def profile_forward(
     for kind, value in flops.items():
         seconds = by_kind.get(kind, 0.0)
         result["kinds"].setdefault(kind, {"s": 0.0, "share": 0.0})
-        result["kinds"][kind]["tflops"] = round(value / seconds / 1e12, 2) if seconds else None
+        result["kinds"][kind]["tflops"] = (
+            float(f"{value / seconds / 1e12:.4g}") if seconds else None
+        )
     return result
