@@ -71,7 +71,6 @@ def test_a_real_profile_splits_a_forwards_time_by_kind(profiling: ModuleType) ->
     assert result["timed_on"] == "cpu operators" and result["runs"] == 3
     assert kinds["matmul"]["s"] > 0 and kinds["attention"]["s"] > 0
     assert abs(sum(kind["share"] for kind in kinds.values()) - 1) < 0.01
-    assert kinds["matmul"]["tflops"] == float(
-        f"{flops['matmul'] / kinds['matmul']['s'] / 1e12:.4g}"
-    )
+    rate = flops["matmul"] / kinds["matmul"]["s"] / 1e12  # the time is rounded to 1 us
+    assert abs(kinds["matmul"]["tflops"] - rate) <= 0.01 * rate
     assert {entry["kind"] for entry in result["top"]} >= {"matmul", "attention"}
