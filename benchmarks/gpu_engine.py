@@ -142,6 +142,12 @@ VARIANTS = {
             True,
             "the defaults, blocks compiled with max-autotune (Triton GEMM templates)",
         ),
+        Variant(
+            "unpaired",
+            {"paired_cfg_max_pixels": 0},
+            True,
+            "the defaults with CFG's two forwards a step one after the other",
+        ),
         Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
         Variant(
             "fp8-tensor",

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALL_VARIANTS = [
     "lossless",
     "autotune",
+    "unpaired",
     "fp8",
     "fp8-tensor",
     "fp8-all-blocks",
@@ -69,7 +70,13 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     ]
     assert all(row["stock"]["images_per_s"] > 0 for row in report["throughput"])
     assert all(row["engine"]["images_per_s"] > 0 for row in report["throughput"])
-    assert report["levers"] == ["fuse_qkv", "vae_conv2d", "vae_channels_last", "attention_cudnn"]
+    assert report["levers"] == [
+        "fuse_qkv",
+        "vae_conv2d",
+        "vae_channels_last",
+        "attention_cudnn",
+        "paired_cfg",
+    ]
     assert report["startup_warmup"]["sizes"] == ["64x64", "96x64"]
     # The real queue by batch limit: 4 jobs in 4 calls one at a time, in 2 calls two at a
     # time, each job's picture the one it got alone.

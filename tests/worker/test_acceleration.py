@@ -42,7 +42,7 @@ def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
     levers = Levers.from_settings(WorkerSettings())
     assert levers.attention_backend == "cudnn"
     assert levers.compile_transformer and levers.fuse_qkv
-    assert levers.cuda_graph_max_pixels == 512 * 512
+    assert levers.cuda_graph_max_pixels == levers.paired_cfg_max_pixels == 512 * 512
     assert levers.vae_conv2d and levers.vae_channels_last
     assert not levers.compile_vae
     # The fast modes, not lossless, are opt-in.
@@ -60,6 +60,7 @@ def test_each_lever_is_read_from_its_environment_variable(
         "COMPILE_MODE": "max-autotune-no-cudagraphs",
         "FUSE_QKV": "false",
         "CUDA_GRAPH_MAX_PIXELS": "0",
+        "PAIRED_CFG_MAX_PIXELS": "65536",
         "VAE_CONV2D": "false",
         "VAE_CHANNELS_LAST": "false",
         "COMPILE_VAE": "true",
@@ -78,6 +79,7 @@ def test_each_lever_is_read_from_its_environment_variable(
         compile_mode="max-autotune-no-cudagraphs",
         fuse_qkv=False,
         cuda_graph_max_pixels=0,
+        paired_cfg_max_pixels=256 * 256,
         vae_conv2d=False,
         vae_channels_last=False,
         compile_vae=True,
@@ -106,6 +108,7 @@ def test_the_step_cache_threshold_counts_only_with_the_cache_on(
         ("attention_backend", "sage", "attention_backend"),
         ("compile_mode", "reduce-overhead", "compile_mode"),
         ("cuda_graph_max_pixels", -1, "cuda_graph_max_pixels"),
+        ("paired_cfg_max_pixels", -1, "paired_cfg_max_pixels"),
         ("fp8_scaling", "block", "fp8_scaling"),
         ("fp8_bf16_edge_blocks", -1, "fp8_bf16_edge_blocks"),
         ("step_cache_threshold", 0, "step_cache_threshold"),
@@ -197,14 +200,22 @@ def test_vae_single_frame_conv2d_decodes_the_same_image() -> None:
 
 
 def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
-    """What --tiny benchmarks: fused QKV, 2-D VAE convolutions, channels-last, SDPA order."""
+    """What --tiny benchmarks: fused QKV, 2-D VAE convolutions, channels-last, SDPA order,
+    CFG's two forwards joined."""
     pipe = load_pipeline(None, torch.device("cpu"))
     plain = load_pipeline(None, torch.device("cpu"))
     done = accelerate(pipe, Levers.from_settings(WorkerSettings()), allow_cpu=True)
-    assert done.active == ["fuse_qkv", "vae_conv2d", "vae_channels_last", "attention_cudnn"]
+    assert done.active == [
+        "fuse_qkv",
+        "vae_conv2d",
+        "vae_channels_last",
+        "attention_cudnn",
+        "paired_cfg",
+    ]
     assert not done.per_shape  # nothing compiles or captures on a CPU
     assert done.batch_coupling is None  # a job's image does not depend on its batch
-    assert isinstance(pipe.transformer.forward, AcceleratedForward)
+    assert isinstance(done.forward, AcceleratedForward) and done.paired is not None
+    assert pipe.transformer.forward is done.paired
     job = spec(seed=9, width=72, height=40)
     ours = np.asarray(Engine(pipe).generate(job, lambda: False))
     theirs = np.asarray(Engine(plain).generate(job, lambda: False))

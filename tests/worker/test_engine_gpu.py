@@ -31,7 +31,9 @@ from .conftest import COMPILED, GRAPHED, spec
 
 pytestmark = pytest.mark.gpu
 
-BATCHING = BatchLimit(max_images=8, max_pixels=1024 * 1024)  # the worker's defaults
+# Two images at COMPILED, so the warm-up's batch of two is made there, where CFG's two
+# forwards are not joined (at GRAPHED they are: every forward is a masked batch already).
+BATCHING = BatchLimit(max_images=8, max_pixels=2 * COMPILED[0] * COMPILED[1])
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +79,9 @@ def test_every_default_lever_is_pulled_on_cuda(fast: tuple[Engine, Accelerated])
         "compile_transformer",
         "attention_cudnn",
         "cuda_graphs",
+        "paired_cfg",
     ]
-    assert done.per_shape and done.forward is not None
+    assert done.per_shape and done.forward is not None and done.paired is not None
 
 
 @pytest.mark.parametrize("size", [GRAPHED, COMPILED])
@@ -95,8 +98,8 @@ def test_same_seed_same_pixels_and_another_seed_not(
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     graphed = done.forward.stats.replayed - replayed
-    # 3 images x 3 steps x (cond + uncond) forwards, all replayed for the small size only.
-    assert graphed == (18 if size == GRAPHED else 0)
+    # 3 images x 3 steps, cond and uncond in one forward, replayed for the small size only.
+    assert graphed == (9 if size == GRAPHED else 0)
     assert done.forward.stats.failed == 0
 
 
@@ -162,9 +165,10 @@ def test_after_warm_up_new_prompt_lengths_and_sizes_compile_nothing(
 def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
     fast: tuple[Engine, Accelerated], size: tuple[int, int]
 ) -> None:
-    """Prompts of three lengths: the cond forward carries a text mask, the uncond forward
-    none; at small sizes both are CUDA graphs. The warm-up's batch of two compiled both
-    variants, so a batch of three compiles nothing."""
+    """Prompts of three lengths: at the small size, prompts and negative prompts run as one
+    masked forward a step, a CUDA graph; at the larger one the cond forward carries a text
+    mask, the uncond forward none. The warm-up compiled every variant (its batch of two at
+    COMPILED), so a batch of three compiles nothing."""
     engine, done = fast
     assert done.forward is not None
     compiled = counters["stats"]["unique_graphs"]
@@ -184,8 +188,8 @@ def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
         np.asarray(image, dtype=np.float64) for image in engine.generate_batch(specs, lambda: False)
     ]
     assert counters["stats"]["unique_graphs"] == compiled
-    # 6 steps x (cond with a mask + uncond), all replayed for the small size only.
-    assert done.forward.stats.replayed - replayed == (12 if size == GRAPHED else 0)
+    # 6 steps, one joined forward each, replayed for the small size only.
+    assert done.forward.stats.replayed - replayed == (6 if size == GRAPHED else 0)
     alone = [np.asarray(engine.generate(one, lambda: False), dtype=np.float64) for one in specs]
     for ours, theirs in zip(batched, alone, strict=True):
         error = relative_error(torch.from_numpy(ours), torch.from_numpy(theirs))

@@ -126,8 +126,9 @@ def test_fp8_composes_with_compile_and_graphs_and_stays_near_lossless(
     replayed = done.forward.stats.replayed
     ours = latents(engine, size)
     reference = latents(lossless[0], size)
-    # 8 steps x (cond + uncond), each a graph replay at the small size only.
-    assert done.forward.stats.replayed - replayed == (16 if size == GRAPHED else 0)
+    # 8 steps, cond and uncond in one forward, a graph replay at the small size only.
+    assert "paired_cfg" in done.active
+    assert done.forward.stats.replayed - replayed == (8 if size == GRAPHED else 0)
     assert done.forward.stats.failed == 0
     error = relative_error(ours, reference)
     assert 0 < error <= FP8_BOUND
@@ -143,6 +144,7 @@ def test_the_step_cache_skips_steps_around_compiled_blocks_and_stays_near_lossle
     engine, done = cached
     assert {"step_cache", "compile_transformer"} <= set(done.active)
     assert "cuda_graphs" not in done.active  # its decision is a host-side branch
+    assert "paired_cfg" not in done.active  # it keeps state per branch (cond, uncond)
     assert done.step_cache is not None
     before = replace(done.step_cache.stats)
     ours = latents(engine, size)

@@ -97,6 +97,13 @@ class WorkerSettings(BaseSettings):
         description="Replay the transformer forward as a CUDA graph for images of at most "
         "this many pixels (launch-bound sizes); 0 turns graphs off.",
     )
+    paired_cfg_max_pixels: int = Field(
+        default=512 * 512,
+        ge=0,
+        description="Run true CFG's two transformer forwards of a step (prompt and negative "
+        "prompt) as one forward of twice the batch for images of at most this many pixels "
+        "(launch-bound sizes); 0 runs them one after the other.",
+    )
     vae_conv2d: bool = Field(
         default=True,
         description="Decode single-frame images with 2-D convolutions: the causal 3-D kernels' "

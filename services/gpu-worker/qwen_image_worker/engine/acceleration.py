@@ -38,8 +38,9 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit
+from qwen_image_worker.engine.base import ONE_AT_A_TIME, PIXELS_PER_TOKEN, BatchLimit
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
+from qwen_image_worker.engine.paired_cfg import PairedGuidance
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
 
@@ -75,8 +76,6 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float(diff.norm() / (ref - ref.mean()).norm().clamp_min(1e-30))
 
 
-# Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
-_PIXELS_PER_TOKEN = 16 * 16
 # Runs before a graph capture, on a side stream: they compile, plan the attention kernel and
 # fill diffusers' per-shape RoPE caches, so the capture itself records kernels only.
 _CAPTURE_WARMUP_RUNS = 2
@@ -121,6 +120,7 @@ class Levers:
     compile_mode: CompileMode = "default"
     fuse_qkv: bool = False
     cuda_graph_max_pixels: int = 0
+    paired_cfg_max_pixels: int = 0
     vae_conv2d: bool = False
     vae_channels_last: bool = False
     compile_vae: bool = False
@@ -139,6 +139,7 @@ class Levers:
             compile_mode=settings.compile_mode,
             fuse_qkv=settings.fuse_qkv,
             cuda_graph_max_pixels=settings.cuda_graph_max_pixels,
+            paired_cfg_max_pixels=settings.paired_cfg_max_pixels,
             vae_conv2d=settings.vae_conv2d,
             vae_channels_last=settings.vae_channels_last,
             compile_vae=settings.compile_vae,
@@ -155,11 +156,12 @@ class Levers:
 
 @dataclass
 class Accelerated:
-    """What `accelerate` did to a pipeline; `forward` is set when the transformer is wrapped,
-    `fp8` and `step_cache` when those fast modes are on."""
+    """What `accelerate` did to a pipeline; `forward` and `paired` are set when the
+    transformer is wrapped, `fp8` and `step_cache` when those fast modes are on."""
 
     active: list[str] = field(default_factory=list)
     forward: AcceleratedForward | None = None
+    paired: PairedGuidance | None = None
     fp8: Fp8Report | None = None
     step_cache: CachedBlocks | None = None
 
@@ -193,8 +195,9 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     """Pull `levers` on `pipe` in place, after it was moved to its device (see `fuse_qkv`).
 
     On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
-    2-D VAE convolutions, channels-last, SDPA order, FP8 through the CPU's torch._scaled_mm,
-    the step cache) are pulled and the CUDA-only ones (compile, graphs) skipped. FP8 on a GPU
+    2-D VAE convolutions, channels-last, SDPA order, CFG's forwards joined, FP8 through the
+    CPU's torch._scaled_mm, the step cache) are pulled and the CUDA-only ones (compile,
+    graphs) skipped. FP8 on a GPU
     older than Ada or Hopper raises: that setting cannot be honoured there.
     """
     done = Accelerated()
@@ -246,6 +249,15 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
             done.active.append(f"attention_{levers.attention_backend}")
         if graph_pixels > 0:
             done.active.append("cuda_graphs")
+    # Outside the graphs, so the joined forward is graphed; a fast mode that couples a
+    # batch's images would couple the prompt's and the negative prompt's too.
+    if levers.paired_cfg_max_pixels > 0 and done.batch_coupling is None:
+        done.paired = PairedGuidance(
+            transformer.forward, parts.encode_prompt, levers.paired_cfg_max_pixels
+        )
+        transformer.forward = done.paired
+        parts.encode_prompt = done.paired.encode_prompt
+        done.active.append("paired_cfg")
     logger.info("speed levers on %s: %s", parts.device, ", ".join(done.active) or "none")
     return done
 
@@ -517,7 +529,7 @@ class AcceleratedForward:
     ) -> None:
         self._forward = forward
         self._sdpa_order = sdpa_order
-        self._graph_max_tokens = graph_max_pixels // _PIXELS_PER_TOKEN
+        self._graph_max_tokens = graph_max_pixels // PIXELS_PER_TOKEN
         self._graph_masks = self._graph_max_tokens > 0
         if self._graph_masks:
             transformer_qwenimage.compute_text_seq_len_from_mask = capture_safe_text_lengths

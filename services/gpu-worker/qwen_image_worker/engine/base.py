@@ -14,6 +14,9 @@ from typing import Protocol
 
 from PIL import Image
 
+# Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
+PIXELS_PER_TOKEN = 16 * 16
+
 
 class StopRequested(Exception):
     """Raised from the step callback when the job's deadline passed or its caller left."""

@@ -23,6 +23,7 @@ from qwen_image_worker.engine.base import (
     StepMonitor,
     common_shape,
 )
+from qwen_image_worker.engine.paired_cfg import PairedGuidance
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Engine:
         # real token's position and, under the text encoder's causal attention, its hidden
         # state: a prompt encodes the same alone or in a batch.
         pipe.tokenizer.padding_side = "right"
+        forward = pipe.transformer.forward
+        self._paired = forward if isinstance(forward, PairedGuidance) else None
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """The pipeline makes only multiples of 16: generate the next larger one and crop."""
@@ -109,7 +112,8 @@ class Engine:
 
         With batching, one batch of two prompts of different lengths follows at the first
         size that batches: batches compile their own variants of the blocks (a batch
-        dimension above one, a text mask)."""
+        dimension above one, a text mask). Where CFG's two forwards are joined, every
+        forward is such a batch already, so a size where they are not is preferred."""
         made: list[tuple[int, int]] = []
         shapes: set[tuple[int, int]] = set()
         for width, height in [(spec.width, spec.height), *self.warmup_sizes]:
@@ -119,6 +123,9 @@ class Engine:
             shapes.add(self.generation_size(width, height))
             made.append((width, height))
         batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
+        paired = self._paired
+        if paired is not None:
+            batchable.sort(key=lambda size: paired.joins(*self.generation_size(*size)))
         if self.warmup_sizes and batchable:
             first = replace(spec, width=batchable[0][0], height=batchable[0][1])
             longer = replace(first, prompt=f"{first.prompt}, once more and longer", seed=1)

@@ -1,0 +1,136 @@
+"""True CFG's two forwards of a step run as one (engine/paired_cfg.py): the demo model on the
+CPU, through the real pipeline, against the pipeline left alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qwen_image_worker.engine.acceleration import Accelerated, Levers, accelerate
+from qwen_image_worker.engine.base import BatchLimit
+from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.loading import load_pipeline
+
+from .conftest import spec
+
+PAIRED = Levers(paired_cfg_max_pixels=512 * 512)
+JOB = spec(seed=3, prompt="a red fox in the snow at dawn", negative_prompt="blurry")
+
+
+def counted(levers: Levers) -> tuple[Engine, Accelerated, list[int]]:
+    """An engine whose transformer records the batch of every forward it really runs."""
+    pipe = load_pipeline(None, torch.device("cpu"))
+    batches: list[int] = []
+    forward = pipe.transformer.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        batches.append(kwargs["hidden_states"].shape[0])
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = counting
+    return Engine(pipe), accelerate(pipe, levers, allow_cpu=True), batches
+
+
+@pytest.fixture(scope="module")
+def plain() -> Engine:
+    return Engine(load_pipeline(None, torch.device("cpu")))
+
+
+def picture(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_each_step_runs_one_forward_of_both_texts_and_makes_the_same_picture(
+    plain: Engine,
+) -> None:
+    engine, done, batches = counted(PAIRED)
+    assert done.active == ["paired_cfg"] and done.paired is not None
+    ours = picture(engine.generate(JOB, lambda: False))
+    assert batches == [2, 2, 2] and done.paired.joined == 3  # 3 steps, not 6 forwards
+    theirs = picture(plain.generate(JOB, lambda: False))
+    assert np.abs(ours - theirs).max() <= 1
+    # The next call encodes anew and joins its own texts.
+    other = replace(JOB, prompt="a grey wolf", seed=4)
+    again = picture(engine.generate(other, lambda: False))
+    assert batches == [2] * 6 and done.paired.joined == 6
+    assert np.abs(again - picture(plain.generate(other, lambda: False))).max() <= 1
+
+
+def test_a_batch_of_jobs_joins_its_prompts_and_negative_prompts(plain: Engine) -> None:
+    specs = [
+        JOB,
+        spec(seed=4, prompt="owl", negative_prompt=""),
+        spec(seed=5, prompt="a lighthouse on a rocky coast at dusk, long exposure"),
+    ]
+    engine, _, batches = counted(PAIRED)
+    ours = [picture(image) for image in engine.generate_batch(specs, lambda: False)]
+    assert batches == [6, 6, 6]
+    for job, image in zip(specs, ours, strict=True):
+        assert np.abs(image - picture(plain.generate(job, lambda: False))).max() <= 1
+
+
+def test_above_its_size_limit_a_step_keeps_two_forwards(plain: Engine) -> None:
+    engine, done, batches = counted(Levers(paired_cfg_max_pixels=32 * 32))
+    ours = picture(engine.generate(JOB, lambda: False))  # 64x64
+    assert batches == [1] * 6 and done.paired is not None and done.paired.joined == 0
+    assert np.array_equal(ours, picture(plain.generate(JOB, lambda: False)))
+
+
+def test_a_call_without_cfg_is_left_alone_and_the_next_one_joins_again() -> None:
+    engine, _, batches = counted(PAIRED)
+    engine.generate(spec(guidance_scale=1.0), lambda: False)  # one encoding, one forward a step
+    assert batches == [1, 1, 1]
+    engine.generate(JOB, lambda: False)
+    assert batches[3:] == [2, 2, 2]
+
+
+def test_other_calls_of_the_transformer_run_as_they_are() -> None:
+    engine, _, batches = counted(PAIRED)
+    engine.generate(JOB, lambda: False)
+    transformer = engine.pipe.transformer
+    torch.manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 16, transformer.config.in_channels),
+        "encoder_hidden_states": torch.randn(1, 5, transformer.config.joint_attention_dim),
+        "timestep": torch.full((1,), 0.5),
+        "img_shapes": [[(1, 4, 4)]],
+        "return_dict": False,
+    }
+    with torch.inference_mode():
+        twice = [transformer(**inputs)[0] for _ in range(2)]
+    assert batches[3:] == [1, 1] and torch.equal(twice[0], twice[1])
+
+
+@pytest.mark.parametrize(
+    "fast", [Levers(step_cache_threshold=0.5), Levers(fp8_matmuls=True, fp8_rowwise=False)]
+)
+def test_fast_modes_that_decide_for_a_whole_batch_keep_the_texts_apart(fast: Levers) -> None:
+    pipe = load_pipeline(None, torch.device("cpu"))
+    done = accelerate(
+        pipe, Levers(**{**vars(fast), "paired_cfg_max_pixels": 512 * 512}), allow_cpu=True
+    )
+    assert done.batch_coupling is not None and done.paired is None
+    assert "paired_cfg" not in done.active
+
+
+def test_the_warm_up_batches_where_the_forwards_are_not_joined() -> None:
+    """A joined forward is a masked batch already; the warm-up's batch of two goes where a
+    batch still brings new variants (an unmasked batch: the negative prompts)."""
+    pipe = load_pipeline(None, torch.device("cpu"))
+    accelerate(pipe, Levers(paired_cfg_max_pixels=32 * 32), allow_cpu=True)
+    # 32x32 joins and batches 4; 48x48 batches 2 and does not join; 64x64 batches 1.
+    engine = Engine(pipe, warmup_sizes=[(32, 32), (48, 48)], batch=BatchLimit(8, 2 * 48 * 48))
+    made: list[tuple[int, ...]] = []
+    handle = pipe.vae.post_quant_conv.register_forward_pre_hook(
+        lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
+    )
+    try:
+        engine.warm_up(spec(num_inference_steps=1))
+    finally:
+        handle.remove()
+    assert made == [(1, 8, 8), (1, 4, 4), (1, 6, 6), (2, 6, 6)]
