@@ -3,11 +3,12 @@
 # the GPU tests (round 3 found a doubled compile; 20 of 20 passed after its fix; CFG's two
 # forwards are joined since, which they now check), then stock diffusers against the
 # worker's engine at 1328x1328, 1024x1024, 512x512 and 256x256: the lossless defaults (now
-# with CFG's forwards joined up to 512x512) with each ungraphed forward's time split by kind
-# of kernel (matmul, attention, fused elementwise, other) beside its FLOPs
-# (benchmarks/forward_profile.py), the same without the joining ("unpaired", what it
-# gains), then FP8. Round 3 measured the queue curve and showed max-autotune keeps cuBLAS,
-# so both are left out. Everything lands in $OUT (6 files); the tables are printed last.
+# with CFG's forwards joined up to 512x512, warmed up at every served size as a worker is)
+# with each ungraphed forward's time split by kind of kernel (matmul, attention, fused
+# elementwise, other) beside its FLOPs (benchmarks/forward_profile.py) and the queue curve
+# by batch limit again, then the same without the joining ("unpaired": what it gains).
+# Round 3 showed max-autotune keeps cuBLAS, round 2 measured FP8: both are left out.
+# Everything lands in $OUT (6 files); the tables are printed last.
 # Ends within DEADLINE (450 s, 7 min 30 s): the benchmark gets what is left as a budget,
 # skips sections that would start too late, and is killed 10 s before the end if it still
 # runs (its JSON, verdict included, is rewritten after every section).
@@ -23,20 +24,20 @@
 # started in about 30 s in round 3:
 #   wheels install and the import / FP8 check ......................... ~25 s
 #   pytest tests/worker -m gpu: 20 tests .............................. ~80 s (cap 150)
-#   benchmark, --steps 12, four sizes, throughput and queue off:
+#   benchmark, --steps 12, four sizes, throughput off:
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run, four sizes .............. ~45 s
-#     lossless: build, warm-up of 4 sizes and a batch of 2 (35 s in round 3),
-#       4 rows, probes at 512 and 256, profiles at 1328 and 1024 ................ ~55 s
-#     unpaired: the same without probes and profiles ............................ ~50 s
-#     fp8: build, quantise, warm-up, 4 rows ..................................... ~50 s
-#   about 5 min 20 s in all.
+#     lossless: build, warm-up of the 8 served sizes and a batch of 2 (4 sizes
+#       took 35 s in round 3), 4 rows, probes, profiles at 1328 and 1024 ........ ~75 s
+#     queue curve: 2 sizes x 4 limits, 16 jobs of 10 steps (round 3: ~80 s) ..... ~80 s
+#     unpaired: build, warm-up, 4 rows .......................................... ~70 s
+#   about 6 min 30 s in all.
 set -uo pipefail
 DEADLINE=450  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
-VARIANTS=lossless,unpaired,fp8
+VARIANTS=lossless,unpaired
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -75,8 +76,7 @@ BUDGET=$(($(left) - 70))
 if [ "$BUDGET" -gt 60 ]; then
     timeout $(($(left) - 10)) python3 benchmarks/gpu_engine.py --steps 12 \
         --sizes 1328x1328,1024x1024,512x512,256x256 --variants "$VARIANTS" \
-        --warmup-sizes 1328x1328,1024x1024,512x512,256x256 --no-throughput --no-queue \
-        --budget-s "$BUDGET" \
+        --no-throughput --budget-s "$BUDGET" \
         --out "$OUT/gpu_engine.json" >"$OUT/gpu_engine.log" 2>&1
     echo "benchmark: exit $? after ${SECONDS} s (budget ${BUDGET} s)"
 else

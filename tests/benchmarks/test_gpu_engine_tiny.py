@@ -161,10 +161,10 @@ def test_the_device_runs_flags_parse_into_its_plan(
         [
             "--steps",
             "12",
-            "--variants",
-            "lossless,autotune",
-            "--warmup-sizes",
+            "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
+            "--variants",
+            "lossless,unpaired",
             "--no-throughput",
             "--budget-s",
             "300",
@@ -172,11 +172,12 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "x/gpu_engine.json",
         ]
     )
-    assert [variant.name for variant in plan.variants] == ["lossless", "autotune"]
-    assert not plan.throughput and plan.queue and plan.probe and plan.spread
+    assert [variant.name for variant in plan.variants] == ["lossless", "unpaired"]
+    assert not plan.throughput and plan.queue and plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
-    assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512)]
-    assert plan.warmup_sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
+    assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
+    # The worker's own warm-up: every served size.
+    assert plan.warmup_sizes == WorkerSettings().warmup_size_list
     # The queue curve: 16 jobs at the small sizes, batch limits 1 to 8.
     assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 2, 4, 8]
     assert (plan.queue_jobs, plan.queue_steps) == (16, 10)
