@@ -49,7 +49,7 @@ class PairedGuidance:
 
     def joins(self, width: int, height: int) -> bool:
         """Whether CFG's two forwards are joined at this generation size."""
-        return (width // 16) * (height // 16) <= self._max_tokens
+        return width * height // PIXELS_PER_TOKEN <= self._max_tokens
 
     def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
         embeds, mask = self._encode_prompt(*args, **kwargs)
