@@ -5,8 +5,9 @@
 # worker's engine at 1328x1328, 1024x1024, 512x512 and 256x256: the lossless defaults (now
 # with CFG's forwards joined up to 512x512, warmed up at every served size as a worker is)
 # with each ungraphed forward's time split by kind of kernel (matmul, attention, fused
-# elementwise, other) beside its FLOPs (benchmarks/forward_profile.py) and the queue curve
-# by batch limit again, then the same without the joining ("unpaired": what it gains).
+# elementwise, other) beside its FLOPs and its attention alone with each SDPA kernel
+# (benchmarks/forward_profile.py), and the queue curve by batch limit again; then the
+# same without the joining ("unpaired": what it gains).
 # Round 3 showed max-autotune keeps cuBLAS, round 2 measured FP8: both are left out.
 # Everything lands in $OUT (6 files); the tables are printed last.
 # Ends within DEADLINE (450 s, 7 min 30 s): the benchmark gets what is left as a budget,

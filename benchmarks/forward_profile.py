@@ -5,15 +5,19 @@ run at the card's bf16 peak (round 3), so the gap to the compute floor must be i
 or the work between matmuls; this splits one forward's GPU time by kind of kernel and sets
 each beside its arithmetic (analytic FLOPs of Qwen-Image's joint blocks), so a run says
 which kind to attack. On the CPU (--tiny) the same split is made of the operators' own time.
+`attention_backends` times the joint attention alone with each SDPA kernel PyTorch offers,
+so a run also says whether another kernel would be faster at that shape.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.autograd import DeviceType
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 # Kernel and operator names, lower-cased, by kind; the first pattern that matches wins.
@@ -28,6 +32,13 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "aten::mm", "addmm", "bmm")),
 )
 TOP_KERNELS = 8
+# SDPA kernels to time the joint attention with; one this build or device lacks is skipped.
+BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 
 def kind_of(name: str) -> str:
@@ -100,3 +111,35 @@ def profile_forward(
             float(f"{value / seconds / 1e12:.4g}") if seconds else None
         )
     return result
+
+
+def attention_backends(
+    config: Any, tokens: int, device: torch.device, dtype: torch.dtype, runs: int
+) -> dict[str, Any]:
+    """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel:
+    seconds per call and TFLOP/s, or why the kernel could not run."""
+    heads, head_dim = config.num_attention_heads, config.attention_head_dim
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (
+        torch.randn(1, heads, tokens, head_dim, generator=generator).to(device, dtype)
+        for _ in range(3)
+    )
+    flops = 4.0 * tokens * tokens * heads * head_dim
+    results: dict[str, Any] = {}
+    for name, backend in BACKENDS.items():
+        try:
+            with sdpa_kernel([backend]), torch.inference_mode():
+                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+                for _ in range(runs):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+        except RuntimeError as exc:
+            results[name] = {"error": str(exc).splitlines()[0][:160]}
+            continue
+        seconds = (time.perf_counter() - started) / runs
+        results[name] = {"s": round(seconds, 6), "tflops": float(f"{flops / seconds / 1e12:.4g}")}
+    return results

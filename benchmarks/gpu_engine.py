@@ -61,7 +61,7 @@ from diffusers import (
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
-from forward_profile import forward_flops, profile_forward
+from forward_profile import attention_backends, forward_flops, profile_forward
 from PIL import Image
 from report_table import table
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -955,7 +955,8 @@ class Bench:
         return result
 
     def profile(self, size: tuple[int, int]) -> dict[str, Any]:
-        """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs."""
+        """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs,
+        and its attention alone with each SDPA kernel."""
         transformer = self.pipe.transformer
         kwargs = self.forward_kwargs(size, 1)
         flops = forward_flops(
@@ -969,7 +970,11 @@ class Bench:
             result = profile_forward(
                 lambda: transformer(**kwargs), flops, self.plan.device, PROFILE_RUNS
             )
-        log(f"profile {label(size)}: {result['kinds']}")
+        tokens = kwargs["hidden_states"].shape[1] + kwargs["encoder_hidden_states"].shape[1]
+        result["attention_backends"] = attention_backends(
+            transformer.config, tokens, self.plan.device, transformer.dtype, PROFILE_RUNS
+        )
+        log(f"profile {label(size)}: {result['kinds']}; {result['attention_backends']}")
         return result
 
     def throughput(self, side: str) -> None:

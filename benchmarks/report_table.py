@@ -101,7 +101,12 @@ def split(profile: dict[str, Any]) -> str:
     for kind, part in profile["kinds"].items():
         rate = f", {part['tflops']} TFLOP/s" if part.get("tflops") else ""
         parts.append(f"{kind} {part['s']:.4g} s ({100 * part['share']:.0f} %{rate})")
-    return f"{profile['total_s']:.4g} s on {profile['timed_on']}: " + "; ".join(parts)
+    kernels = [
+        f"{name} {entry['tflops']} TFLOP/s" if "tflops" in entry else f"{name} -"
+        for name, entry in profile.get("attention_backends", {}).items()
+    ]
+    line = f"{profile['total_s']:.4g} s on {profile['timed_on']}: " + "; ".join(parts)
+    return line + (f" | attention alone: {', '.join(kernels)}" if kernels else "")
 
 
 def fmt(value: Any) -> str:

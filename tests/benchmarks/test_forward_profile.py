@@ -74,3 +74,14 @@ def test_a_real_profile_splits_a_forwards_time_by_kind(profiling: ModuleType) ->
     rate = flops["matmul"] / kinds["matmul"]["s"] / 1e12  # the time is rounded to 1 us
     assert abs(kinds["matmul"]["tflops"] - rate) <= 0.01 * rate
     assert {entry["kind"] for entry in result["top"]} >= {"matmul", "attention"}
+
+
+def test_the_attention_alone_is_timed_with_each_kernel_that_runs_here(
+    profiling: ModuleType,
+) -> None:
+    result = profiling.attention_backends(QWEN_IMAGE, 300, torch.device("cpu"), torch.float32, 2)
+    assert set(result) == {"cudnn", "flash", "efficient", "math"}
+    # The CPU build has a flash kernel and the math one; cuDNN's is CUDA's alone.
+    for name in ("flash", "math"):
+        assert result[name]["s"] > 0 and result[name]["tflops"] > 0
+    assert "error" in result["cudnn"] and "s" not in result["cudnn"]

@@ -105,6 +105,7 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     for row in variant(report, "lossless")["rows"]:
         kinds = row["profile"]["kinds"]
         assert kinds["matmul"]["tflops"] > 0 and kinds["attention"]["tflops"] > 0
+        assert row["profile"]["attention_backends"]["math"]["tflops"] > 0
     assert "profile lossless 256x256: " in done.stdout
     # FP8 moves the output a little; the step cache reports what it skipped.
     for name, blocks in [("fp8", 2), ("fp8-tensor", 2), ("fp8-all-blocks", 4)]:
