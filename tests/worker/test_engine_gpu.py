@@ -197,3 +197,17 @@ def test_a_batch_matches_its_images_made_alone_and_compiles_nothing(
     other = relative_error(torch.from_numpy(batched[0]), torch.from_numpy(batched[1]))
     assert other > 5 * lossless_tolerance()
     assert done.forward.stats.failed == 0
+
+
+@pytest.mark.parametrize("size", [GRAPHED, (512, 512)])
+def test_a_negative_prompt_as_long_as_the_prompt_compiles_nothing(
+    fast: tuple[Engine, Accelerated], size: tuple[int, int]
+) -> None:
+    """CFG's two forwards are joined at these sizes; with texts of one length the joined
+    forward has no text mask, a variant of its own that the warm-up made."""
+    engine, done = fast
+    assert done.paired is not None
+    compiled = counters["stats"]["unique_graphs"]
+    job = spec(width=size[0], height=size[1], prompt="an owl", negative_prompt="an owl")
+    engine.generate(job, lambda: False)
+    assert counters["stats"]["unique_graphs"] == compiled

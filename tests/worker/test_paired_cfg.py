@@ -125,22 +125,34 @@ def test_fast_modes_that_decide_for_a_whole_batch_keep_the_texts_apart(fast: Lev
     assert "paired_cfg" not in done.active
 
 
-def test_the_warm_up_batches_where_the_forwards_are_not_joined() -> None:
-    """A joined forward is a masked batch already; the warm-up's batch of two goes where a
-    batch still brings new variants (an unmasked batch: the negative prompts)."""
+def test_the_warm_up_brings_every_kind_of_forward_a_request_can() -> None:
+    """Compiled blocks keep a variant per kind of forward: the warm-up must bring a joined
+    forward with and without a text mask, and the unjoined batch (masked prompts, unmasked
+    negative prompts) where a size batches without joining."""
     pipe = load_pipeline(None, torch.device("cpu"))
+    kinds: list[tuple[int, int, bool]] = []  # batch, image tokens, text mask
+    forward = pipe.transformer.forward
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        mask = kwargs.get("encoder_hidden_states_mask")
+        kinds.append((*kwargs["hidden_states"].shape[:2], mask is not None))
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = recording
     accelerate(pipe, Levers(paired_cfg_max_pixels=32 * 32), allow_cpu=True)
     # 32x32 joins and batches 4; 48x48 batches 2 and does not join; 64x64 batches 1.
     engine = Engine(pipe, warmup_sizes=[(32, 32), (48, 48)], batch=BatchLimit(8, 2 * 48 * 48))
-    made: list[tuple[int, ...]] = []
-    handle = pipe.vae.post_quant_conv.register_forward_pre_hook(
-        lambda _m, args: made.append((args[0].shape[0], *args[0].shape[-2:]))
-    )
-    try:
-        engine.warm_up(spec(num_inference_steps=1))
-    finally:
-        handle.remove()
-    assert made == [(1, 8, 8), (1, 4, 4), (1, 6, 6), (2, 6, 6)]
+    assert engine.warm_up(spec(num_inference_steps=1)) == [(64, 64), (32, 32), (48, 48)]
+    assert kinds == [
+        (1, 16, False),  # 64x64, cond
+        (1, 16, False),  # 64x64, uncond
+        (2, 4, True),  # 32x32 joined: prompt and " " differ in length
+        (1, 9, False),
+        (1, 9, False),
+        (2, 9, True),  # the batch of two at 48x48: prompts of two lengths
+        (2, 9, False),  # its negative prompts
+        (2, 4, False),  # 32x32 joined, the negative prompt as long as the prompt
+    ]
 
 
 def test_in_bf16_the_joined_forwards_stay_within_the_lossless_tolerance() -> None:

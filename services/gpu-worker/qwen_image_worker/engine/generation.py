@@ -108,12 +108,7 @@ class Engine:
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
         """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares
-        its kernels per shape, and no request should pay for that. Returns the sizes made.
-
-        With batching, one batch of two prompts of different lengths follows at the first
-        size that batches: batches compile their own variants of the blocks (a batch
-        dimension above one, a text mask). Where CFG's two forwards are joined, every
-        forward is such a batch already, so a size where they are not is preferred."""
+        its kernels per shape, and no request should pay for that. Returns the sizes made."""
         made: list[tuple[int, int]] = []
         shapes: set[tuple[int, int]] = set()
         for width, height in [(spec.width, spec.height), *self.warmup_sizes]:
@@ -122,16 +117,37 @@ class Engine:
             self.generate(replace(spec, width=width, height=height), lambda: False)
             shapes.add(self.generation_size(width, height))
             made.append((width, height))
-        batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
+        if self.warmup_sizes:
+            self._warm_up_variants(spec, made)
+        return made
+
+    def _warm_up_variants(self, spec: ImageSpec, made: list[tuple[int, int]]) -> None:
+        """Compiled blocks keep a variant per kind of forward (a batch above one, a text
+        mask or none); the warm-up images above bring one or two kinds, requests can bring
+        the others:
+        - with batching, a batch of two prompts of different lengths, at the first size that
+          batches, preferably one where CFG's two forwards are not joined (a joined forward
+          is a masked batch already);
+        - where they are joined, an image whose negative prompt is as long as its prompt,
+          joined without a mask."""
         paired = self._paired
-        if paired is not None:
-            batchable.sort(key=lambda size: paired.joins(*self.generation_size(*size)))
-        if self.warmup_sizes and batchable:
+        joined = [
+            size
+            for size in made
+            if paired is not None and paired.joins(*self.generation_size(*size))
+        ]
+        batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
+        batchable.sort(key=lambda size: size in joined)
+        if batchable:
             first = replace(spec, width=batchable[0][0], height=batchable[0][1])
             longer = replace(first, prompt=f"{first.prompt}, once more and longer", seed=1)
             self.generate_batch([first, longer], lambda: False)
             logger.info("warm-up: a batch of 2 at %dx%d", *batchable[0])
-        return made
+        if joined:
+            width, height = joined[0]
+            same = replace(spec, width=width, height=height, negative_prompt=spec.prompt)
+            self.generate(same, lambda: False)
+            logger.info("warm-up: CFG joined without a text mask at %dx%d", width, height)
 
     def release_memory(self) -> None:
         """After a failure (say, CUDA out of memory) give back what the failed call held."""
