@@ -24,7 +24,7 @@
 # Time estimates, from the H200 reports of rounds 1 to 3 (benchmarks/results/); the machine
 # started in about 30 s in round 3:
 #   wheels install and the import / FP8 check ......................... ~25 s
-#   pytest tests/worker -m gpu: 20 tests .............................. ~80 s (cap 150)
+#   pytest tests/worker -m gpu: 22 tests .............................. ~85 s (cap 150)
 #   benchmark, --steps 12, four sizes, throughput off:
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run, four sizes .............. ~45 s
