@@ -959,20 +959,20 @@ class Bench:
         and its attention alone with each SDPA kernel."""
         transformer = self.pipe.transformer
         kwargs = self.forward_kwargs(size, 1)
-        flops = forward_flops(
-            transformer.config,
-            1,
-            kwargs["hidden_states"].shape[1],
-            kwargs["encoder_hidden_states"].shape[1],
-        )
+        image_tokens = kwargs["hidden_states"].shape[1]
+        text_tokens = kwargs["encoder_hidden_states"].shape[1]
+        flops = forward_flops(transformer.config, 1, image_tokens, text_tokens)
         with torch.inference_mode():
             transformer(**kwargs)  # the row's runs compiled this shape; this warms the text
             result = profile_forward(
                 lambda: transformer(**kwargs), flops, self.plan.device, PROFILE_RUNS
             )
-        tokens = kwargs["hidden_states"].shape[1] + kwargs["encoder_hidden_states"].shape[1]
         result["attention_backends"] = attention_backends(
-            transformer.config, tokens, self.plan.device, transformer.dtype, PROFILE_RUNS
+            transformer.config,
+            image_tokens + text_tokens,
+            self.plan.device,
+            transformer.dtype,
+            PROFILE_RUNS,
         )
         log(f"profile {label(size)}: {result['kinds']}; {result['attention_backends']}")
         return result

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from diffusers import QwenImagePipeline
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers import transformer_qwenimage
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
@@ -40,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qwen_image_worker.engine.base import ONE_AT_A_TIME, PIXELS_PER_TOKEN, BatchLimit
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
-from qwen_image_worker.engine.paired_cfg import PairedGuidance
+from qwen_image_worker.engine.paired_cfg import PairedGuidance, forward_output
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
 
@@ -197,8 +196,8 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
     2-D VAE convolutions, channels-last, SDPA order, CFG's forwards joined, FP8 through the
     CPU's torch._scaled_mm, the step cache) are pulled and the CUDA-only ones (compile,
-    graphs) skipped. FP8 on a GPU
-    older than Ada or Hopper raises: that setting cannot be honoured there.
+    graphs) skipped. FP8 on a GPU older than Ada or Hopper raises: that setting cannot be
+    honoured there.
     """
     done = Accelerated()
     parts: Any = pipe
@@ -558,9 +557,7 @@ class AcceleratedForward:
             self.stats.replayed += 1
             # The graph's output buffer is rewritten by the next replay: hand out a copy.
             out = entry.output.clone()
-        if kwargs.get("return_dict", True):
-            return Transformer2DModelOutput(sample=out)
-        return (out,)
+        return forward_output(out, kwargs)
 
     def _sdpa(self) -> contextlib.AbstractContextManager[None]:
         if self._sdpa_order is None:

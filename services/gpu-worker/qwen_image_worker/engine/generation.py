@@ -131,11 +131,7 @@ class Engine:
         - where they are joined, an image whose negative prompt is as long as its prompt,
           joined without a mask."""
         paired = self._paired
-        joined = [
-            size
-            for size in made
-            if paired is not None and paired.joins(*self.generation_size(*size))
-        ]
+        joined = [s for s in made if paired and paired.joins(*self.generation_size(*s))]
         batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
         batchable.sort(key=lambda size: size in joined)
         if batchable:

@@ -71,7 +71,7 @@ class PairedGuidance:
             return self._forward(*args, **kwargs)
         cond, uncond = self._encoded
         if pending is not None and text is uncond[0] and pending[0] is hidden:
-            return _answer(pending[1], kwargs)
+            return forward_output(pending[1], kwargs)
         if text is not cond[0]:
             return self._forward(**kwargs)
         known = self._joined
@@ -89,7 +89,7 @@ class PairedGuidance:
         cond_out, uncond_out = self._forward(**joined)[0].chunk(2)
         self._pending = (hidden, uncond_out)
         self.joined += 1
-        return _answer(cond_out, kwargs)
+        return forward_output(cond_out, kwargs)
 
 
 def _join(cond: _Text, uncond: _Text) -> _Text:
@@ -107,7 +107,8 @@ def _join(cond: _Text, uncond: _Text) -> _Text:
     return torch.cat(texts), None if bool(joined_mask.all()) else joined_mask
 
 
-def _answer(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+def forward_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """What the transformer's forward returns for a call with `kwargs`, holding `sample`."""
     if kwargs.get("return_dict", True):
         return Transformer2DModelOutput(sample=sample)
     return (sample,)
