@@ -3,12 +3,14 @@ CPU, through the real pipeline, against the pipeline left alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import torch
+from diffusers import QwenImagePipeline
 from PIL import Image
 
 from qwen_image_worker.engine.acceleration import (
@@ -25,21 +27,29 @@ from qwen_image_worker.engine.loading import load_pipeline
 
 from .conftest import spec
 
+T = TypeVar("T")
 PAIRED = Levers(paired_cfg_max_pixels=512 * 512)
 JOB = spec(seed=3, prompt="a red fox in the snow at dawn", negative_prompt="blurry")
+
+
+def recording(pipe: QwenImagePipeline, what: Callable[[dict[str, Any]], T]) -> list[T]:
+    """`what` of every forward the transformer really runs (installed before `accelerate`,
+    so below its wrappers)."""
+    seen: list[T] = []
+    forward = pipe.transformer.forward
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        seen.append(what(kwargs))
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = record
+    return seen
 
 
 def counted(levers: Levers) -> tuple[Engine, Accelerated, list[int]]:
     """An engine whose transformer records the batch of every forward it really runs."""
     pipe = load_pipeline(None, torch.device("cpu"))
-    batches: list[int] = []
-    forward = pipe.transformer.forward
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        batches.append(kwargs["hidden_states"].shape[0])
-        return forward(*args, **kwargs)
-
-    pipe.transformer.forward = counting
+    batches = recording(pipe, lambda kwargs: int(kwargs["hidden_states"].shape[0]))
     return Engine(pipe), accelerate(pipe, levers, allow_cpu=True), batches
 
 
@@ -130,15 +140,13 @@ def test_the_warm_up_brings_every_kind_of_forward_a_request_can() -> None:
     forward with and without a text mask, and the unjoined batch (masked prompts, unmasked
     negative prompts) where a size batches without joining."""
     pipe = load_pipeline(None, torch.device("cpu"))
-    kinds: list[tuple[int, int, bool]] = []  # batch, image tokens, text mask
-    forward = pipe.transformer.forward
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        mask = kwargs.get("encoder_hidden_states_mask")
-        kinds.append((*kwargs["hidden_states"].shape[:2], mask is not None))
-        return forward(*args, **kwargs)
-
-    pipe.transformer.forward = recording
+    kinds = recording(  # batch, image tokens, text mask
+        pipe,
+        lambda kwargs: (
+            *kwargs["hidden_states"].shape[:2],
+            kwargs.get("encoder_hidden_states_mask") is not None,
+        ),
+    )
     accelerate(pipe, Levers(paired_cfg_max_pixels=32 * 32), allow_cpu=True)
     # 32x32 joins and batches 4; 48x48 batches 2 and does not join; 64x64 batches 1.
     engine = Engine(pipe, warmup_sizes=[(32, 32), (48, 48)], batch=BatchLimit(8, 2 * 48 * 48))
