@@ -72,6 +72,7 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     assert all(row["engine"]["images_per_s"] > 0 for row in report["throughput"])
     assert report["levers"] == [
         "fuse_qkv",
+        "real_rope",
         "vae_conv2d",
         "vae_channels_last",
         "attention_cudnn",

@@ -74,6 +74,7 @@ def test_every_default_lever_is_pulled_on_cuda(fast: tuple[Engine, Accelerated])
     _, done = fast
     assert done.active == [
         "fuse_qkv",
+        "real_rope",
         "vae_conv2d",
         "vae_channels_last",
         "compile_transformer",

@@ -11,7 +11,7 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 from torch import nn
 
-from qwen_image_worker.engine.acceleration import fuse_qkv, relative_error
+from qwen_image_worker.engine.acceleration import relative_error
 from qwen_image_worker.engine.fp8 import (
     E4M3,
     E4M3_MAX,
@@ -19,6 +19,7 @@ from qwen_image_worker.engine.fp8 import (
     quantise,
     quantise_blocks,
 )
+from qwen_image_worker.engine.joint_attention import install_joint_attention
 
 from .conftest import compile_blocks_and_vary_shapes, forward_inputs, random_transformer
 
@@ -112,7 +113,7 @@ def test_every_block_but_the_edges_gets_fp8_matmuls_except_its_modulation() -> N
 def test_with_fused_qkv_the_projections_stay_views_into_one_fp8_weight() -> None:
     transformer = deep_transformer()
     before = sum(p.numel() * p.element_size() for p in transformer.parameters())
-    fuse_qkv(transformer)
+    install_joint_attention(transformer, fuse=True, real_rope=True)
     report = quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
     attn = transformer.transformer_blocks[0].attn
     assert isinstance(attn.to_qkv, Fp8Linear) and isinstance(attn.to_k, Fp8Linear)
@@ -128,7 +129,7 @@ def test_with_fused_qkv_the_projections_stay_views_into_one_fp8_weight() -> None
 def test_the_fp8_transformer_stays_near_the_float_one(edge: int) -> None:
     exact = deep_transformer()
     fast = deep_transformer()
-    fuse_qkv(fast)
+    install_joint_attention(fast, fuse=True, real_rope=True)
     quantise_blocks(fast, rowwise=True, bf16_edge_blocks=edge)
     inputs = forward_inputs(6, 5, 9, text_dim=32)
     with torch.no_grad():
@@ -139,7 +140,7 @@ def test_the_fp8_transformer_stays_near_the_float_one(edge: int) -> None:
 def test_an_fp8_block_compiles_once_for_every_size_and_text_length() -> None:
     """Regional compile traces through the FP8 layers: no graph break, no recompile."""
     transformer = deep_transformer(layers=2)
-    fuse_qkv(transformer)
+    install_joint_attention(transformer, fuse=True, real_rope=True)
     quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
     graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=32)
     assert graphs == 1

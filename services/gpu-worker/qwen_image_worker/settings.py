@@ -91,6 +91,18 @@ class WorkerSettings(BaseSettings):
         default=True,
         description="One matmul for Q, K and V of each stream instead of three (same weights).",
     )
+    real_rope: bool = Field(
+        default=True,
+        description="Rotary embeddings as real fp32 products instead of complex64 ones (the "
+        "same numbers): compiled, they fuse with the Q/K norm and the concatenation, where a "
+        "complex multiply runs as separate kernels through fp32 copies of Q and K.",
+    )
+    gelu_epilogue: bool = Field(
+        default=False,
+        description="The MLP's GELU computed in the epilogue of its first matmul (cuBLASLt), "
+        "saving a write and a read of the 4x-wide hidden. Off until the GPU benchmark "
+        "(variant gelu_epilogue) shows it faster.",
+    )
     cuda_graph_max_pixels: int = Field(
         default=512 * 512,
         ge=0,

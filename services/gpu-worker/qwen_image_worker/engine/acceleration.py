@@ -27,18 +27,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import QwenImagePipeline
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 from diffusers.models.transformers import transformer_qwenimage
-from diffusers.models.transformers.transformer_qwenimage import (
-    QwenDoubleStreamAttnProcessor2_0,
-    apply_rotary_emb_qwen,
-)
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qwen_image_worker.engine.base import ONE_AT_A_TIME, PIXELS_PER_TOKEN, BatchLimit
+from qwen_image_worker.engine.feed_forward import use_gelu_epilogues
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
+from qwen_image_worker.engine.joint_attention import install_joint_attention
 from qwen_image_worker.engine.paired_cfg import PairedGuidance, forward_output
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
@@ -118,6 +115,8 @@ class Levers:
     compile_transformer: bool = False
     compile_mode: CompileMode = "default"
     fuse_qkv: bool = False
+    real_rope: bool = False
+    gelu_epilogue: bool = False
     cuda_graph_max_pixels: int = 0
     paired_cfg_max_pixels: int = 0
     vae_conv2d: bool = False
@@ -137,6 +136,8 @@ class Levers:
             compile_transformer=settings.compile_transformer,
             compile_mode=settings.compile_mode,
             fuse_qkv=settings.fuse_qkv,
+            real_rope=settings.real_rope,
+            gelu_epilogue=settings.gelu_epilogue,
             cuda_graph_max_pixels=settings.cuda_graph_max_pixels,
             paired_cfg_max_pixels=settings.paired_cfg_max_pixels,
             vae_conv2d=settings.vae_conv2d,
@@ -191,13 +192,14 @@ def batch_limit(settings: WorkerSettings, done: Accelerated) -> BatchLimit:
 
 
 def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = False) -> Accelerated:
-    """Pull `levers` on `pipe` in place, after it was moved to its device (see `fuse_qkv`).
+    """Pull `levers` on `pipe` in place, after it was moved to its device (see
+    `install_joint_attention`).
 
     On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
-    2-D VAE convolutions, channels-last, SDPA order, CFG's forwards joined, FP8 through the
-    CPU's torch._scaled_mm, the step cache) are pulled and the CUDA-only ones (compile,
-    graphs) skipped. FP8 on a GPU older than Ada or Hopper raises: that setting cannot be
-    honoured there.
+    real RoPE, the GELU epilogue, 2-D VAE convolutions, channels-last, SDPA order, CFG's
+    forwards joined, FP8 through the CPU's torch._scaled_mm, the step cache) are pulled and
+    the CUDA-only ones (compile, graphs) skipped. FP8 on a GPU older than Ada or Hopper
+    raises: that setting cannot be honoured there.
     """
     done = Accelerated()
     parts: Any = pipe
@@ -206,9 +208,9 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         logger.info("speed levers off: the model runs on %s", parts.device)
         return done
     transformer = parts.transformer
-    if levers.fuse_qkv:
-        fuse_qkv(transformer)
-        done.active.append("fuse_qkv")
+    if levers.fuse_qkv or levers.real_rope:
+        install_joint_attention(transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope)
+        done.active += [name for name in ("fuse_qkv", "real_rope") if getattr(levers, name)]
     if levers.fp8_matmuls:
         capability = torch.cuda.get_device_capability(parts.device) if on_cuda else None
         if capability is not None and capability < _FP8_CAPABILITY:
@@ -218,6 +220,9 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
             )
         done.fp8 = quantise_blocks(transformer, levers.fp8_rowwise, levers.fp8_bf16_edge_blocks)
         done.active.append("fp8_row" if levers.fp8_rowwise else "fp8_tensor")
+    if levers.gelu_epilogue:
+        use_gelu_epilogues(transformer)
+        done.active.append("gelu_epilogue")
     if levers.vae_conv2d:
         use_conv2d_for_single_frames(parts.vae)
         done.active.append("vae_conv2d")
@@ -259,130 +264,6 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         done.active.append("paired_cfg")
     logger.info("speed levers on %s: %s", parts.device, ", ".join(done.active) or "none")
     return done
-
-
-# --- fused QKV -------------------------------------------------------------------------------
-
-
-class FusedQKVAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
-    """diffusers' Qwen joint attention with one projection matmul per stream.
-
-    Mirrors `QwenDoubleStreamAttnProcessor2_0.__call__` (diffusers 0.42) step for step; only
-    the Q, K and V projections come from one matmul (`to_qkv`, `to_added_qkv`). Calls with a
-    text mask take the stock path, which still works: the separate projections are views.
-    """
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_hidden_states_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if encoder_hidden_states is None or encoder_hidden_states_mask is not None:
-            stock: Callable[..., Any] = super().__call__
-            return stock(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                encoder_hidden_states_mask,
-                attention_mask,
-                image_rotary_emb,
-            )
-        if attention_mask is not None:
-            raise ValueError("the joint attention takes no external attention_mask")
-        seq_txt = encoder_hidden_states.shape[1]
-        head_dim = attn.inner_dim // attn.heads
-        img_query, img_key, img_value = (
-            attn.to_qkv(hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(-3)
-        )
-        txt_query, txt_key, txt_value = (
-            attn.to_added_qkv(encoder_hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(-3)
-        )
-        if attn.norm_q is not None:
-            img_query = attn.norm_q(img_query)
-        if attn.norm_k is not None:
-            img_key = attn.norm_k(img_key)
-        if attn.norm_added_q is not None:
-            txt_query = attn.norm_added_q(txt_query)
-        if attn.norm_added_k is not None:
-            txt_key = attn.norm_added_k(txt_key)
-        if image_rotary_emb is not None:
-            img_freqs, txt_freqs = image_rotary_emb
-            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
-            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
-            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
-            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
-        joint_query = torch.cat([txt_query, img_query], dim=1)
-        joint_key = torch.cat([txt_key, img_key], dim=1)
-        joint_value = torch.cat([txt_value, img_value], dim=1)
-        joint = dispatch_attention_fn(
-            joint_query,
-            joint_key,
-            joint_value,
-            attn_mask=None,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        joint = joint.flatten(2, 3).to(joint_query.dtype)
-        img_out = attn.to_out[0](joint[:, seq_txt:, :].contiguous())
-        if len(attn.to_out) > 1:
-            img_out = attn.to_out[1](img_out)
-        txt_out = attn.to_add_out(joint[:, :seq_txt, :].contiguous())
-        return img_out, txt_out
-
-
-def fuse_qkv(transformer: nn.Module) -> int:
-    """Give every joint attention one Q|K|V matmul per stream; returns how many were fused.
-
-    The fused weights are new tensors and the old projections become views into them, so
-    memory does not grow; a later `.to()` would copy the views apart, hence fuse last.
-    """
-    fused = 0
-    module: Any
-    for module in transformer.modules():
-        processor = getattr(module, "processor", None)
-        if type(processor) is not QwenDoubleStreamAttnProcessor2_0:
-            continue
-        module.to_qkv = _fuse_linears([module.to_q, module.to_k, module.to_v])
-        module.to_added_qkv = _fuse_linears(
-            [module.add_q_proj, module.add_k_proj, module.add_v_proj]
-        )
-        module.set_processor(FusedQKVAttnProcessor())
-        fused += 1
-    return fused
-
-
-def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
-    first = linears[0]
-    has_bias = all(linear.bias is not None for linear in linears)
-    fused = nn.Linear(
-        first.in_features,
-        sum(linear.out_features for linear in linears),
-        bias=has_bias,
-        device="meta",
-    )
-    grad = first.weight.requires_grad
-    fused.weight = nn.Parameter(
-        torch.cat([linear.weight.detach() for linear in linears]), requires_grad=grad
-    )
-    if has_bias:
-        fused.bias = nn.Parameter(
-            torch.cat([linear.bias.detach() for linear in linears if linear.bias is not None]),
-            requires_grad=grad,
-        )
-    start = 0
-    for linear in linears:
-        end = start + linear.out_features
-        linear.weight = nn.Parameter(fused.weight.detach()[start:end], requires_grad=grad)
-        if has_bias:
-            linear.bias = nn.Parameter(fused.bias.detach()[start:end], requires_grad=grad)
-        start = end
-    return fused
 
 
 # --- VAE -------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""Qwen-Image's joint attention with less memory traffic: the same arithmetic as diffusers'.
+
+Two levers act here. Fused QKV: one projection matmul per stream instead of three. Real
+RoPE: diffusers rotates Q and K as complex64 numbers, and torch.compile runs a complex
+multiply as separate kernels through fp32 copies of Q and K (three round trips where one
+does); written with real fp32 products it fuses with the RMS norm before it and the
+concatenation after it. Both change the order of rounding only (`lossless_tolerance`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_qwenimage import (
+    QwenDoubleStreamAttnProcessor2_0,
+    apply_rotary_emb_qwen,
+)
+from torch import nn
+
+
+def apply_rotary_emb_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary_emb_qwen(x, freqs, use_real=False)` without complex tensors.
+
+    x is (batch, tokens, heads, head_dim) with (real, imaginary) pairs along head_dim; freqs
+    is complex (tokens, head_dim / 2). (a + ib)(c + id) = (ac - bd) + i(ad + bc), in fp32
+    as diffusers computes it, then back to x's dtype.
+    """
+    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs.real.unsqueeze(1)
+    sin = freqs.imag.unsqueeze(1)
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(3).type_as(x)
+
+
+class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+    """diffusers' `QwenDoubleStreamAttnProcessor2_0.__call__` (0.42), step for step, with
+    the projections taken fused where `fuse_qkv` fused them and RoPE in real arithmetic
+    where `real_rope` asks for it."""
+
+    def __init__(self, real_rope: bool) -> None:
+        super().__init__()
+        self.real_rope = real_rope
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder_hidden_states is None:
+            raise ValueError("the joint attention needs encoder_hidden_states (text stream)")
+        if attention_mask is not None:
+            raise ValueError("the joint attention takes no external attention_mask")
+        if encoder_hidden_states_mask is not None:
+            image_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.bool)
+            joint_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)
+            attention_mask = joint_mask[:, None, None, :]
+        seq_txt = encoder_hidden_states.shape[1]
+        head_dim = attn.inner_dim // attn.heads
+        img_query, img_key, img_value = _project(
+            attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim
+        )
+        txt_query, txt_key, txt_value = _project(
+            attn,
+            encoder_hidden_states,
+            "to_added_qkv",
+            ("add_q_proj", "add_k_proj", "add_v_proj"),
+            head_dim,
+        )
+        if attn.norm_q is not None:
+            img_query = attn.norm_q(img_query)
+        if attn.norm_k is not None:
+            img_key = attn.norm_k(img_key)
+        if attn.norm_added_q is not None:
+            txt_query = attn.norm_added_q(txt_query)
+        if attn.norm_added_k is not None:
+            txt_key = attn.norm_added_k(txt_key)
+        if image_rotary_emb is not None:
+            img_freqs, txt_freqs = image_rotary_emb
+            img_query = self._rotate(img_query, img_freqs)
+            img_key = self._rotate(img_key, img_freqs)
+            txt_query = self._rotate(txt_query, txt_freqs)
+            txt_key = self._rotate(txt_key, txt_freqs)
+        joint_query = torch.cat([txt_query, img_query], dim=1)
+        joint_key = torch.cat([txt_key, img_key], dim=1)
+        joint_value = torch.cat([txt_value, img_value], dim=1)
+        joint = dispatch_attention_fn(
+            joint_query,
+            joint_key,
+            joint_value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        joint = joint.flatten(2, 3).to(joint_query.dtype)
+        img_out = attn.to_out[0](joint[:, seq_txt:, :].contiguous())
+        if len(attn.to_out) > 1:
+            img_out = attn.to_out[1](img_out)
+        txt_out = attn.to_add_out(joint[:, :seq_txt, :].contiguous())
+        return img_out, txt_out
+
+    def _rotate(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        if self.real_rope:
+            return apply_rotary_emb_real(x, freqs)
+        return apply_rotary_emb_qwen(x, freqs, use_real=False)
+
+
+def _project(
+    attn: Any, states: torch.Tensor, fused: str, separate: tuple[str, str, str], head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q, K and V of one stream as (batch, tokens, heads, head_dim): from one fused matmul
+    when the attention has one, else from three."""
+    projection = getattr(attn, fused, None)
+    if projection is not None:
+        query, key, value = projection(states).unflatten(-1, (3, -1, head_dim)).unbind(-3)
+        return query, key, value
+    query, key, value = (
+        getattr(attn, name)(states).unflatten(-1, (-1, head_dim)) for name in separate
+    )
+    return query, key, value
+
+
+def install_joint_attention(transformer: nn.Module, *, fuse: bool, real_rope: bool) -> int:
+    """Give every joint attention of `transformer` this module's processor, with its Q|K|V
+    projections fused first if `fuse`; returns how many attentions it changed.
+
+    The fused weights are new tensors and the old projections become views into them, so
+    memory does not grow; a later `.to()` would copy the views apart, hence fuse last.
+    """
+    changed = 0
+    module: Any
+    for module in transformer.modules():
+        if type(getattr(module, "processor", None)) is not QwenDoubleStreamAttnProcessor2_0:
+            continue
+        if fuse:
+            module.to_qkv = _fuse_linears([module.to_q, module.to_k, module.to_v])
+            module.to_added_qkv = _fuse_linears(
+                [module.add_q_proj, module.add_k_proj, module.add_v_proj]
+            )
+        module.set_processor(JointAttnProcessor(real_rope))
+        changed += 1
+    return changed
+
+
+def _fuse_linears(linears: list[nn.Linear]) -> nn.Linear:
+    first = linears[0]
+    has_bias = all(linear.bias is not None for linear in linears)
+    fused = nn.Linear(
+        first.in_features,
+        sum(linear.out_features for linear in linears),
+        bias=has_bias,
+        device="meta",
+    )
+    grad = first.weight.requires_grad
+    fused.weight = nn.Parameter(
+        torch.cat([linear.weight.detach() for linear in linears]), requires_grad=grad
+    )
+    if has_bias:
+        fused.bias = nn.Parameter(
+            torch.cat([linear.bias.detach() for linear in linears if linear.bias is not None]),
+            requires_grad=grad,
+        )
+    start = 0
+    for linear in linears:
+        end = start + linear.out_features
+        linear.weight = nn.Parameter(fused.weight.detach()[start:end], requires_grad=grad)
+        if has_bias:
+            linear.bias = nn.Parameter(fused.bias.detach()[start:end], requires_grad=grad)
+        start = end
+    return fused

@@ -1,0 +1,122 @@
+"""The joint attention's levers on the CPU: fused QKV and real RoPE compute stock's function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+from qwen_image_worker.engine.acceleration import relative_error
+from qwen_image_worker.engine.joint_attention import (
+    JointAttnProcessor,
+    apply_rotary_emb_real,
+    install_joint_attention,
+)
+
+from .conftest import compile_blocks_and_vary_shapes, forward_inputs, random_transformer
+
+
+def storage_bytes(module: torch.nn.Module) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage() for p in module.parameters()}
+    return sum(storage.nbytes() for storage in storages.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_real_rope_rotates_like_diffusers_complex_one(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 37, 3, 16, generator=generator).to(dtype)
+    angles = torch.randn(37, 8, generator=generator)
+    freqs = torch.polar(torch.ones_like(angles), angles)
+    real = apply_rotary_emb_real(x, freqs)
+    stock = apply_rotary_emb_qwen(x, freqs, use_real=False)
+    assert real.dtype == stock.dtype == dtype
+    torch.testing.assert_close(real, stock, rtol=1e-6, atol=1e-6)
+    # A rotation by other angles is not the same function.
+    assert relative_error(apply_rotary_emb_real(x, freqs * 1j), stock) > 0.5
+
+
+def test_masked_forward_applies_the_mask() -> None:
+    """Padding is not attended to: a prompt padded to a longer batch keeps its output."""
+    transformer = random_transformer(layers=2, heads=3, text_dim=16)
+    install_joint_attention(transformer, fuse=True, real_rope=True)
+    inputs = forward_inputs(4, 5, 7, text_dim=16)
+    padded = dict(inputs)
+    padded["encoder_hidden_states"] = torch.cat(
+        [inputs["encoder_hidden_states"], torch.randn(2, 4, 16)], dim=1
+    )
+    mask = torch.ones(2, 11)
+    mask[:, 7:] = 0
+    with torch.no_grad():
+        alone = transformer(**inputs)[0]
+        masked = transformer(**padded, encoder_hidden_states_mask=mask)[0]
+        unmasked = transformer(**padded)[0]
+    assert relative_error(masked, alone) < 1e-5
+    assert relative_error(unmasked, alone) > 1e-3  # the mask does something here
+
+
+@pytest.mark.parametrize(("fuse", "real_rope"), [(True, False), (False, True), (True, True)])
+def test_each_lever_computes_the_stock_function_without_new_memory(
+    fuse: bool, real_rope: bool
+) -> None:
+    transformer = random_transformer(layers=2, heads=3, text_dim=16)
+    inputs = forward_inputs(8, 8, 7, text_dim=16)
+    mask = torch.ones(2, 7)
+    mask[0, 5:] = 0  # a batch of a short and a long prompt
+    before = storage_bytes(transformer)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        stock_masked = transformer(**inputs, encoder_hidden_states_mask=mask)[0]
+        assert install_joint_attention(transformer, fuse=fuse, real_rope=real_rope) == 2
+        ours = transformer(**inputs)[0]
+        ours_masked = transformer(**inputs, encoder_hidden_states_mask=mask)[0]
+    assert relative_error(ours, stock) < 1e-6
+    assert relative_error(ours_masked, stock_masked) < 1e-6
+    assert relative_error(stock_masked, stock) > 1e-3  # the two calls differ
+    attn = transformer.transformer_blocks[0].attn
+    assert isinstance(attn.processor, JointAttnProcessor)
+    assert hasattr(attn, "to_qkv") == fuse
+    if fuse:
+        assert attn.to_v.weight.untyped_storage().data_ptr() == (
+            attn.to_qkv.weight.untyped_storage().data_ptr()
+        )
+    assert storage_bytes(transformer) == before
+
+
+def test_the_levers_block_compiles_once_for_every_image_size_and_text_length() -> None:
+    """No request pays for compilation: dynamic shapes cover new prompt lengths and sizes."""
+    transformer = random_transformer(layers=2, heads=3, text_dim=16)
+    install_joint_attention(transformer, fuse=True, real_rope=True)
+    graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=16)
+    assert graphs == 1
+    assert relative_error(compiled, eager) < 1e-6
+
+
+def traced_calls(real_rope: bool) -> list[str]:
+    """What dynamo hands the compiler for one block: the names of the functions it calls."""
+    transformer = random_transformer(layers=1, heads=3, text_dim=16)
+    install_joint_attention(transformer, fuse=True, real_rope=real_rope)
+    calls: list[str] = []
+
+    def recording(graph: torch.fx.GraphModule, _inputs: Any) -> Callable[..., Any]:
+        calls.extend(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+        return graph.forward
+
+    torch._dynamo.reset()
+    try:
+        transformer.transformer_blocks[0].compile(fullgraph=True, backend=recording)
+        with torch.no_grad():
+            transformer(**forward_inputs(4, 5, 7, text_dim=16))
+    finally:
+        torch._dynamo.reset()
+    return calls
+
+
+def test_with_real_rope_the_compiled_block_holds_no_complex_arithmetic() -> None:
+    """Inductor runs complex ops outside its fused kernels (through fp32 copies): the real
+    form leaves it none."""
+    assert any("view_as_complex" in call for call in traced_calls(real_rope=False))
+    real = traced_calls(real_rope=True)
+    assert real and not any("complex" in call for call in real)
