@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Issue 5, round 4: one device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there):
-# the GPU tests (round 3 found a doubled compile; 20 of 20 passed after its fix; CFG's two
-# forwards are joined since, which they now check), then stock diffusers against the
-# worker's engine at 1328x1328, 1024x1024, 512x512 and 256x256: the lossless defaults (now
-# with CFG's forwards joined up to 512x512, warmed up at every served size as a worker is)
-# with each ungraphed forward's time split by kind of kernel (matmul, attention, fused
-# elementwise, other) beside its FLOPs and its attention alone with each SDPA kernel
-# (benchmarks/forward_profile.py), and the queue curve by batch limit again; then the
-# same without the joining ("unpaired": what it gains).
+# Issue 5, round 5 (round 4 never ran: no device was lent; this one holds it): one device
+# run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there). First the GPU tests (20 of
+# 20 passed in round 3; since then CFG's two forwards are joined up to 512x512, RoPE is real
+# arithmetic, and two new tests check real RoPE and the GELU epilogue on CUDA). Then stock
+# diffusers against the worker's engine at 1328x1328, 1024x1024, 512x512 and 256x256:
+#   lossless        the defaults, warmed up at every served size as a worker is, with each
+#                   ungraphed forward split by kind of kernel (matmul, attention, fused
+#                   elementwise, other) beside its FLOPs and its attention alone with each
+#                   SDPA kernel (forward_profile.py), probes at the graphed sizes, and the
+#                   queue curve's ends (batch limits 1 and 8) now that CFG is joined
+#   complex-rope    at 1328/1024: diffusers' complex RoPE, what real RoPE gains
+#   gelu-epilogue   at 1328/1024: the opt-in GELU in cuBLASLt's epilogue
+#   unpaired        at 512/256: CFG's forwards one after the other, what joining gains
+#   paired-all      at 1328/1024: CFG joined at the large sizes too
+# in that order of importance: the benchmark skips what would start too late.
 # Round 3 showed max-autotune keeps cuBLAS, round 2 measured FP8: both are left out.
 # Everything lands in $OUT (6 files); the tables are printed last.
-# Ends within DEADLINE (450 s, 7 min 30 s): the benchmark gets what is left as a budget,
+# Ends within DEADLINE (500 s, 8 min 20 s): the benchmark gets what is left as a budget,
 # skips sections that would start too late, and is killed 10 s before the end if it still
 # runs (its JSON, verdict included, is rewritten after every section).
 #
-# How to call it (device tool `run`): carry [".whl"], timeout_s 500, kind nvidia-h200,
+# How to call it (device tool `run`): carry [".whl"], timeout_s 540, kind nvidia-h200,
 #   command: bash benchmarks/device_run.sh
 # .whl/ holds diffusers 0.42.1, transformers 5.24.0 (what the demo model is tested with),
 # pydantic, pydantic-core, pydantic-settings, fastapi, starlette, opentelemetry-api and
@@ -24,21 +30,23 @@
 # Time estimates, from the H200 reports of rounds 1 to 3 (benchmarks/results/); the machine
 # started in about 30 s in round 3:
 #   wheels install and the import / FP8 check ......................... ~25 s
-#   pytest tests/worker -m gpu: 22 tests .............................. ~85 s (cap 150)
+#   pytest tests/worker -m gpu: 24 tests .............................. ~95 s (cap 150)
 #   benchmark, --steps 12, four sizes, throughput off:
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run, four sizes .............. ~45 s
 #     lossless: build, warm-up of the 8 served sizes and a batch of 2 (4 sizes
 #       took 35 s in round 3), 4 rows, probes, profiles at 1328 and 1024 ........ ~75 s
-#     queue curve: 2 sizes x 4 limits, 16 jobs of 10 steps (round 3: ~80 s) ..... ~80 s
-#     unpaired: build, warm-up, 4 rows .......................................... ~70 s
-#   about 6 min 30 s in all.
+#     queue curve: 2 sizes x 2 limits, 16 jobs of 10 steps (round 3: ~80 s for 4) ~40 s
+#     complex-rope, gelu-epilogue, paired-all: build, compile, 2 large rows ... ~50 s each
+#     unpaired: build, compile, 2 small rows .................................... ~40 s
+#   about 8 min in all.
 set -uo pipefail
-DEADLINE=450  # seconds after start by which everything must have ended
+DEADLINE=500  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
-VARIANTS=lossless,unpaired
+LARGE=1328x1328+1024x1024
+VARIANTS=lossless,complex-rope@$LARGE,gelu-epilogue@$LARGE,unpaired@512x512+256x256,paired-all@$LARGE
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -77,7 +85,7 @@ BUDGET=$(($(left) - 70))
 if [ "$BUDGET" -gt 60 ]; then
     timeout $(($(left) - 10)) python3 benchmarks/gpu_engine.py --steps 12 \
         --sizes 1328x1328,1024x1024,512x512,256x256 --variants "$VARIANTS" \
-        --no-throughput --budget-s "$BUDGET" \
+        --no-throughput --batches 1,8 --budget-s "$BUDGET" \
         --out "$OUT/gpu_engine.json" >"$OUT/gpu_engine.log" 2>&1
     echo "benchmark: exit $? after ${SECONDS} s (budget ${BUDGET} s)"
 else

@@ -130,6 +130,8 @@ class Variant:
     settings: dict[str, Any]
     lossless: bool
     note: str
+    # Where --variants gives NAME@WxH+WxH: its rows and warm-up at those sizes only.
+    sizes: tuple[tuple[int, int], ...] = ()
 
 
 VARIANTS = {
@@ -147,6 +149,24 @@ VARIANTS = {
             {"paired_cfg_max_pixels": 0},
             True,
             "the defaults with CFG's two forwards a step one after the other",
+        ),
+        Variant(
+            "paired-all",
+            {"paired_cfg_max_pixels": 2048 * 2048},
+            True,
+            "the defaults with CFG's two forwards joined at every size",
+        ),
+        Variant(
+            "complex-rope",
+            {"real_rope": False},
+            True,
+            "the defaults with diffusers' complex64 RoPE",
+        ),
+        Variant(
+            "gelu-epilogue",
+            {"gelu_epilogue": True},
+            True,
+            "the defaults with the MLP's GELU in cuBLASLt's matmul epilogue",
         ),
         Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
         Variant(
@@ -217,13 +237,24 @@ class Plan:
 
 
 def parse_variants(value: str) -> list[Variant]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
+    """'lossless,unpaired@512x512+256x256': variants, each at every --sizes size or at its
+    own."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    names = [item.partition("@")[0] for item in items]
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}"
         )
-    return [VARIANTS[name] for name in names]
+    variants = []
+    for name, item in zip(names, items, strict=True):
+        sizes = item.partition("@")[2]
+        try:
+            own = tuple(parse_sizes(sizes.replace("+", ","))) if sizes else ()
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"variant {item!r}: {error}") from error
+        variants.append(replace(VARIANTS[name], sizes=own))
+    return variants
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, Path]:
@@ -235,7 +266,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
     parser.add_argument(
         "--variants",
         type=parse_variants,
-        help=f"engine variants, in order (default: lossless; --tiny: all): {', '.join(VARIANTS)}",
+        help="engine variants, in order, each optionally @WxH+WxH for its own sizes "
+        f"(default: lossless; --tiny: all): {', '.join(VARIANTS)}",
     )
     parser.add_argument(
         "--batch-sizes", help="WxH,... of the throughput-by-batch and full-queue runs"
@@ -819,14 +851,17 @@ class Bench:
             entry["fp8"] = asdict(self.done.fp8)
         # The worker's own batch limit, so the start-up warm-up is the worker's (with its
         # batch of two when batching is on).
+        sizes = list(variant.sizes) or plan.sizes
+        warmup_sizes = list(variant.sizes) or plan.warmup_sizes
+        entry["sizes"] = [label(size) for size in sizes]
         self.engine = Engine(
             self.pipe,
             on_step=self.marks.on_step,
-            warmup_sizes=plan.warmup_sizes,
+            warmup_sizes=warmup_sizes,
             batch=batch_limit(settings, self.done),
         )
         started = time.perf_counter()
-        base = replace(job_spec(plan.warmup_sizes[0], 2), prompt="warm-up")
+        base = replace(job_spec(warmup_sizes[0], 2), prompt="warm-up")
         warmed = self.engine.warm_up(base)
         entry["startup_warmup"] = {
             "sizes": [label(size) for size in warmed],
@@ -837,7 +872,7 @@ class Bench:
         if variant.name == "lossless":
             self.data["levers"] = self.done.active
             self.data["startup_warmup"] = entry["startup_warmup"]
-        for size in plan.sizes:
+        for size in sizes:
             if label(size) not in self.stock or self.over_budget(f"{variant.name} {label(size)}"):
                 continue
             with self.report.section(f"{variant.name} {label(size)}"):

@@ -17,10 +17,14 @@ import pytest
 from qwen_image_worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK = ROOT / "benchmarks" / "gpu_engine.py"
 ALL_VARIANTS = [
     "lossless",
     "autotune",
     "unpaired",
+    "paired-all",
+    "complex-rope",
+    "gelu-epilogue",
     "fp8",
     "fp8-tensor",
     "fp8-all-blocks",
@@ -32,9 +36,9 @@ ALL_VARIANTS = [
 ]
 
 
-def run_tiny(out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def run_tiny(out: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_engine.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(BENCHMARK), "--tiny", "--out", str(out), *flags],
         env=os.environ | {"OMP_NUM_THREADS": "2"},
         capture_output=True,
         text=True,
@@ -127,7 +131,7 @@ def test_a_run_killed_part_way_keeps_its_verdict_on_what_it_measured(tmp_path: P
     after each section must already judge the rows it holds, not wait for the end."""
     out = tmp_path / "report.json"
     program = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_engine.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(BENCHMARK), "--tiny", "--out", str(out)],
         env=os.environ | {"OMP_NUM_THREADS": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -166,22 +170,32 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,unpaired",
+            "lossless,complex-rope@1328x1328+1024x1024,gelu-epilogue@1328x1328+1024x1024,"
+            "unpaired@512x512+256x256,paired-all@1328x1328+1024x1024",
             "--no-throughput",
+            "--batches",
+            "1,8",
             "--budget-s",
             "300",
             "--out",
             "x/gpu_engine.json",
         ]
     )
-    assert [variant.name for variant in plan.variants] == ["lossless", "unpaired"]
+    large, small = ((1328, 1328), (1024, 1024)), ((512, 512), (256, 256))
+    assert [(variant.name, variant.sizes) for variant in plan.variants] == [
+        ("lossless", ()),
+        ("complex-rope", large),
+        ("gelu-epilogue", large),
+        ("unpaired", small),
+        ("paired-all", large),
+    ]
     assert not plan.throughput and plan.queue and plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
     # The worker's own warm-up: every served size.
     assert plan.warmup_sizes == WorkerSettings().warmup_size_list
-    # The queue curve: 16 jobs at the small sizes, batch limits 1 to 8.
-    assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 2, 4, 8]
+    # The queue curve's ends: 16 jobs at the small sizes, batch limits 1 and 8.
+    assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 8]
     assert (plan.queue_jobs, plan.queue_steps) == (16, 10)
     assert plan.device.type == "cuda" and not plan.tiny
 
@@ -205,3 +219,23 @@ def test_an_unknown_variant_is_refused_naming_the_known_ones(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert "unknown variant(s) ['fp4']" in error and "fp8+cache-0.1" in error
+
+
+def test_a_variant_given_its_own_sizes_runs_and_warms_up_only_those(tmp_path: Path) -> None:
+    only = ["--no-throughput", "--no-queue", "--no-probe", "--no-profile", "--no-spread"]
+    _, report = run_tiny(tmp_path / "r.json", "--variants", "lossless,unpaired@128x128", *only)
+    assert report["outputs_match"] is True and report["complete"] is True
+    lossless, unpaired = report["variants"]
+    assert [row["size"] for row in lossless["rows"]] == ["256x256", "128x128"]
+    assert [row["size"] for row in unpaired["rows"]] == unpaired["sizes"] == ["128x128"]
+    assert unpaired["startup_warmup"]["sizes"] == ["128x128"]
+    assert lossless["startup_warmup"]["sizes"] == ["64x64", "96x64"]
+
+
+def test_a_variant_with_a_bad_size_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_benchmark(monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "lossless,unpaired@512x"])
+    assert "variant 'unpaired@512x': not a WIDTHxHEIGHT size: '512x'" in capsys.readouterr().err
