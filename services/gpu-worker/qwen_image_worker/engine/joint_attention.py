@@ -23,15 +23,17 @@ from torch import nn
 def apply_rotary_emb_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """`apply_rotary_emb_qwen(x, freqs, use_real=False)` without complex tensors.
 
-    x is (batch, tokens, heads, head_dim) with (real, imaginary) pairs along head_dim; freqs
-    is complex (tokens, head_dim / 2). (a + ib)(c + id) = (ac - bd) + i(ad + bc), in fp32
-    as diffusers computes it, then back to x's dtype.
+    x is (batch, tokens, heads, head_dim) with (a, b) = (real, imaginary) pairs along
+    head_dim; freqs is complex (tokens, head_dim / 2), c + is. (a + ib)(c + is) =
+    (ac - bs) + i(bc + as), in fp32 as diffusers computes it, then back to x's dtype.
+    Written as pairs * c + swapped pairs * (-s, s) rather than a stack of the two parts:
+    inductor fuses the swap as an index, where a stack is written out in fp32 first.
     """
-    real, imag = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs.real.unsqueeze(1)
-    sin = freqs.imag.unsqueeze(1)
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(3).type_as(x)
+    pairs = x.float().unflatten(-1, (-1, 2))
+    cos_sin = torch.view_as_real(freqs).unsqueeze(1)
+    cos, sin = cos_sin[..., :1], cos_sin[..., 1:]
+    rotated = pairs * cos + pairs.flip(-1) * torch.cat((-sin, sin), dim=-1)
+    return rotated.flatten(-2).type_as(x)
 
 
 class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
