@@ -117,11 +117,15 @@ def attention_backends(
     config: Any, tokens: int, device: torch.device, dtype: torch.dtype, runs: int
 ) -> dict[str, Any]:
     """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel:
-    seconds per call and TFLOP/s, or why the kernel could not run."""
+    seconds per call and TFLOP/s, or why the kernel could not run. Q, K and V are laid out
+    as diffusers hands them to SDPA: (batch, tokens, heads, head_dim) seen as (batch,
+    heads, tokens, head_dim), a strided view."""
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
     generator = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (
-        torch.randn(1, heads, tokens, head_dim, generator=generator).to(device, dtype)
+        torch.randn(1, tokens, heads, head_dim, generator=generator)
+        .to(device, dtype)
+        .permute(0, 2, 1, 3)
         for _ in range(3)
     )
     flops = 4.0 * tokens * tokens * heads * head_dim
