@@ -2,7 +2,7 @@
 # Issue 5, round 5 (round 4 never ran: no device was lent; this one holds it): one device
 # run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there). First the GPU tests (20 of
 # 20 passed in round 3; since then CFG's two forwards are joined up to 512x512, RoPE is real
-# arithmetic, and two new tests check real RoPE and the GELU epilogue on CUDA). Then stock
+# arithmetic, and three new tests check real RoPE and the GELU epilogue on CUDA). Then stock
 # diffusers against the worker's engine at 1328x1328, 1024x1024, 512x512 and 256x256:
 #   lossless        the defaults, warmed up at every served size as a worker is, with each
 #                   ungraphed forward split by kind of kernel (matmul, attention, fused
@@ -30,7 +30,7 @@
 # Time estimates, from the H200 reports of rounds 1 to 3 (benchmarks/results/); the machine
 # started in about 30 s in round 3:
 #   wheels install and the import / FP8 check ......................... ~25 s
-#   pytest tests/worker -m gpu: 24 tests .............................. ~95 s (cap 150)
+#   pytest tests/worker -m gpu: 25 tests .............................. ~95 s (cap 150)
 #   benchmark, --steps 12, four sizes, throughput off:
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run, four sizes .............. ~45 s
