@@ -101,7 +101,7 @@ class WorkerSettings(BaseSettings):
         default=False,
         description="The MLP's GELU computed in the epilogue of its first matmul (cuBLASLt), "
         "saving a write and a read of the 4x-wide hidden. Off until the GPU benchmark "
-        "(variant gelu_epilogue) shows it faster.",
+        "(variant gelu-epilogue) shows it faster.",
     )
     cuda_graph_max_pixels: int = Field(
         default=512 * 512,

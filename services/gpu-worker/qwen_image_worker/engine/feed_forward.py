@@ -6,7 +6,7 @@ written again by the GELU. On CUDA, `torch._addmm_activation(..., use_gelu=True)
 the GELU to cuBLASLt's GELU_BIAS epilogue, one write in all, rounding to bf16 once instead
 of twice; where cuBLASLt does not take a shape, PyTorch runs the two steps, with the same
 tanh approximation on every CUDA path (pytorch/pytorch#104061). Whether it pays is for the
-GPU benchmark to say (variant `gelu_epilogue`). On a CPU that operator computes the exact
+GPU benchmark to say (variant `gelu-epilogue`). On a CPU that operator computes the exact
 (erf) GELU, another function, so there the two steps run as diffusers writes them.
 """
 
