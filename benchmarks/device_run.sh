@@ -7,8 +7,9 @@
 #   lossless        the defaults, warmed up at every served size as a worker is, with each
 #                   ungraphed forward split by kind of kernel (matmul, attention, fused
 #                   elementwise, other) beside its FLOPs and its attention alone with each
-#                   SDPA kernel (forward_profile.py), probes at the graphed sizes, and the
-#                   queue curve's ends (batch limits 1 and 8) now that CFG is joined
+#                   SDPA kernel and FlexAttention (forward_profile.py), probes at the
+#                   graphed sizes, and the queue curve's ends (batch limits 1 and 8) now
+#                   that CFG is joined
 #   complex-rope    at 1328/1024: diffusers' complex RoPE, what real RoPE gains
 #   gelu-epilogue   at 1328/1024: the opt-in GELU in cuBLASLt's epilogue
 #   unpaired        at 512/256: CFG's forwards one after the other, what joining gains
@@ -35,11 +36,12 @@
 #     imports, CUDA start, the 20B random model built ........................... ~17 s
 #     stock: warm-up 2 + 12 steps + 12-step spread run, four sizes .............. ~45 s
 #     lossless: build, warm-up of the 8 served sizes and a batch of 2 (4 sizes
-#       took 35 s in round 3), 4 rows, probes, profiles at 1328 and 1024 ........ ~75 s
+#       took 35 s in round 3), 4 rows, probes, profiles at 1328 and 1024 (with
+#       FlexAttention compiled for each of the two shapes, ~10 s each) ........... ~95 s
 #     queue curve: 2 sizes x 2 limits, 16 jobs of 10 steps (round 3: ~80 s for 4) ~40 s
 #     complex-rope, gelu-epilogue, paired-all: build, compile, 2 large rows ... ~50 s each
 #     unpaired: build, compile, 2 small rows .................................... ~40 s
-#   about 8 min in all.
+#   about 8 min 20 s in all: the last variant may be skipped.
 set -uo pipefail
 DEADLINE=500  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}

@@ -5,12 +5,14 @@ run at the card's bf16 peak (round 3), so the gap to the compute floor must be i
 or the work between matmuls; this splits one forward's GPU time by kind of kernel and sets
 each beside its arithmetic (analytic FLOPs of Qwen-Image's joint blocks), so a run says
 which kind to attack. On the CPU (--tiny) the same split is made of the operators' own time.
-`attention_backends` times the joint attention alone with each SDPA kernel PyTorch offers,
-so a run also says whether another kernel would be faster at that shape.
+`attention_backends` times the joint attention alone with each SDPA kernel PyTorch offers
+and with FlexAttention, so a run also says whether another kernel would be faster at that
+shape.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import flex_attention
 from torch.profiler import ProfilerActivity, profile
 
 # Kernel and operator names, lower-cased, by kind; the first pattern that matches wins.
@@ -116,7 +119,8 @@ def profile_forward(
 def attention_backends(
     config: Any, tokens: int, device: torch.device, dtype: torch.dtype, runs: int
 ) -> dict[str, Any]:
-    """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel:
+    """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel and
+    with FlexAttention (a Triton kernel inductor generates, compiled here for this shape):
     seconds per call and TFLOP/s, or why the kernel could not run. Q, K and V are laid out
     as diffusers hands them to SDPA: (batch, tokens, heads, head_dim) seen as (batch,
     heads, tokens, head_dim), a strided view."""
@@ -129,21 +133,40 @@ def attention_backends(
         for _ in range(3)
     )
     flops = 4.0 * tokens * tokens * heads * head_dim
-    results: dict[str, Any] = {}
+    kernels: dict[str, Callable[[], Any]] = {}
     for name, backend in BACKENDS.items():
+        kernels[name] = _sdpa_with(backend, q, k, v)
+    kernels["flex"] = lambda: _compiled_flex()(q, k, v)
+    results: dict[str, Any] = {}
+    for name, kernel in kernels.items():
         try:
-            with sdpa_kernel([backend]), torch.inference_mode():
-                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            with torch.inference_mode():
+                kernel()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
                 for _ in range(runs):
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    kernel()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-        except RuntimeError as exc:
+        except Exception as exc:  # a kernel this build, device or shape lacks
             results[name] = {"error": str(exc).splitlines()[0][:160]}
             continue
         seconds = (time.perf_counter() - started) / runs
         results[name] = {"s": round(seconds, 6), "tflops": float(f"{flops / seconds / 1e12:.4g}")}
     return results
+
+
+def _sdpa_with(
+    backend: SDPBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        with sdpa_kernel([backend]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return run
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., Any]:
+    return torch.compile(flex_attention, dynamic=False)

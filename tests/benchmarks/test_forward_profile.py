@@ -80,8 +80,9 @@ def test_the_attention_alone_is_timed_with_each_kernel_that_runs_here(
     profiling: ModuleType,
 ) -> None:
     result = profiling.attention_backends(QWEN_IMAGE, 300, torch.device("cpu"), torch.float32, 2)
-    assert set(result) == {"cudnn", "flash", "efficient", "math"}
-    # The CPU build has a flash kernel and the math one; cuDNN's is CUDA's alone.
-    for name in ("flash", "math"):
+    assert set(result) == {"cudnn", "flash", "efficient", "math", "flex"}
+    # The CPU build has a flash kernel, the math one and FlexAttention's C++ template;
+    # cuDNN's is CUDA's alone.
+    for name in ("flash", "math", "flex"):
         assert result[name]["s"] > 0 and result[name]["tflops"] > 0
     assert "error" in result["cudnn"] and "s" not in result["cudnn"]
