@@ -95,7 +95,8 @@ class WorkerSettings(BaseSettings):
         default=True,
         description="Rotary embeddings as real fp32 products instead of complex64 ones (the "
         "same numbers): compiled, they fuse with the Q/K norm and the concatenation, where a "
-        "complex multiply runs as separate kernels through fp32 copies of Q and K.",
+        "complex multiply runs as separate kernels through fp32 copies of Q and K. Made for "
+        "COMPILE_TRANSFORMER; run eagerly, the real form launches more kernels.",
     )
     gelu_epilogue: bool = Field(
         default=False,
