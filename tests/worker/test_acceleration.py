@@ -11,21 +11,20 @@ from pydantic import ValidationError
 from qwen_image_worker.engine.acceleration import (
     LOSSLESS_REL_L2_TOLERANCE,
     Accelerated,
-    AcceleratedForward,
     Levers,
     accelerate,
     batch_limit,
-    capture_safe_text_lengths,
     relative_error,
-    use_conv2d_for_single_frames,
 )
 from qwen_image_worker.engine.base import BatchLimit
+from qwen_image_worker.engine.cuda_graphs import AcceleratedForward, capture_safe_text_lengths
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
 from qwen_image_worker.engine.fp8 import Fp8Linear
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.joint_attention import JointAttnProcessor
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
+from qwen_image_worker.engine.vae import use_conv2d_for_single_frames
 from qwen_image_worker.settings import WorkerSettings
 
 from .conftest import forward_inputs, random_transformer, spec

@@ -7,37 +7,29 @@ is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agno
 Two opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and
 the first-block step cache (step_cache.py); `accelerate` pulls them too.
 
-The text mask needs no lever: the stock pipeline drops an all-ones mask, so one prompt, or a
-batch of prompts of one length, reaches the transformer without one. A batch of prompts of
-different lengths brings a mask (padding must not be attended to; DESIGN.md section 6: a
-mask costs 10-25 % per forward). Its path used to break graph capture with one host-to-device
-copy; `capture_safe_text_lengths` computes the same without it, so masked forwards are
-captured too.
+Where each lever lives: joint_attention.py (fused QKV, real RoPE), feed_forward.py (the GELU
+epilogue), vae.py (the VAE's), cuda_graphs.py (SDPA order, CUDA graphs), paired_cfg.py
+(CFG's forwards joined), fp8.py and step_cache.py (the fast modes).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import QwenImagePipeline
-from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
-from diffusers.models.transformers import transformer_qwenimage
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
-from qwen_image_worker.engine.base import ONE_AT_A_TIME, PIXELS_PER_TOKEN, BatchLimit
+from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit
+from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.feed_forward import use_gelu_epilogues
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
 from qwen_image_worker.engine.joint_attention import install_joint_attention
-from qwen_image_worker.engine.paired_cfg import PairedGuidance, forward_output
+from qwen_image_worker.engine.paired_cfg import PairedGuidance
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
+from qwen_image_worker.engine.vae import to_channels_last, use_conv2d_for_single_frames
 from qwen_image_worker.settings import AttentionBackend, CompileMode, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -72,11 +64,6 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float(diff.norm() / (ref - ref.mean()).norm().clamp_min(1e-30))
 
 
-# Runs before a graph capture, on a side stream: they compile, plan the attention kernel and
-# fill diffusers' per-shape RoPE caches, so the capture itself records kernels only.
-_CAPTURE_WARMUP_RUNS = 2
-# Graphs are per (image size, text length, batch); the least recently used beyond this go.
-_MAX_GRAPHS = 64
 # Compiled variants of one block's forward that dynamo keeps. They are per code object, so
 # every engine in a process adds to them (the benchmark's variants, the GPU tests' engines),
 # and one engine makes about three (batch of one or more, text mask or none); with
@@ -264,261 +251,3 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         done.active.append("paired_cfg")
     logger.info("speed levers on %s: %s", parts.device, ", ".join(done.active) or "none")
     return done
-
-
-# --- VAE -------------------------------------------------------------------------------------
-
-
-def use_conv2d_for_single_frames(vae: nn.Module) -> int:
-    """Route the VAE's causal 3-D convolutions through 2-D ones when they see one frame.
-
-    A text-to-image latent has one frame, and a causal kernel of depth 2p+1 pads it with 2p
-    zero frames in front, so only the kernel's last time slice ever meets data: a 2-D
-    convolution with that slice is the same sum without the zero products (a third of the
-    FLOPs of a 3x3x3 kernel). Returns how many convolutions were rerouted.
-    """
-    count = 0
-    for module in vae.modules():
-        if not isinstance(module, QwenImageCausalConv3d):
-            continue
-        conv: Any = module
-        depth, front = conv.kernel_size[0], conv._padding[4]
-        if depth != front + 1 or conv.stride[0] != 1 or conv.dilation != (1, 1, 1):
-            continue
-        if conv.groups != 1:
-            continue
-        conv.register_buffer(
-            "weight_2d", conv.weight.detach()[:, :, -1].contiguous(), persistent=False
-        )
-        conv.forward = _single_frame_forward(conv, conv.forward)
-        count += 1
-    return count
-
-
-def _single_frame_forward(
-    conv: Any, stock: Callable[..., torch.Tensor]
-) -> Callable[..., torch.Tensor]:
-    pad_w, _, pad_h, _, front, _ = conv._padding
-
-    def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
-        # With cached frames in front (videos) the zero-padding argument does not hold.
-        if x.shape[2] != 1 or (cache_x is not None and front > 0):
-            return stock(x, cache_x)
-        out = F.conv2d(
-            x[:, :, 0],
-            conv.weight_2d,
-            conv.bias,
-            stride=conv.stride[1:],
-            padding=(pad_h, pad_w),
-        )
-        return out.unsqueeze(2)
-
-    return forward
-
-
-def to_channels_last(vae: nn.Module) -> None:
-    """Channels-last convolution weights: cuDNN's tensor-core convolutions read NHWC natively,
-    and a convolution whose weight is channels-last hands its layout on to its output."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    for tensor in [*vae.parameters(), *vae.buffers()]:
-        if tensor.dim() in formats:
-            tensor.data = tensor.data.contiguous(memory_format=formats[tensor.dim()])
-
-
-# --- the transformer's forward: SDPA order and CUDA graphs -----------------------------------
-
-
-@dataclass
-class GraphStats:
-    captured: int = 0
-    replayed: int = 0
-    failed: int = 0
-
-
-# The tensors a graph reads, copied into its static buffers before each replay.
-_GRAPH_INPUTS = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep")
-
-
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    inputs: dict[str, torch.Tensor]
-    output: torch.Tensor
-
-
-# The keyword arguments of QwenImageTransformer2DModel.forward (diffusers 0.42); a call with
-# any other, or with one of _UNGRAPHED_ARGS set, runs without a graph.
-_FORWARD_ARGS = {
-    "hidden_states",
-    "encoder_hidden_states",
-    "encoder_hidden_states_mask",
-    "timestep",
-    "img_shapes",
-    "guidance",
-    "attention_kwargs",
-    "controlnet_block_samples",
-    "additional_t_cond",
-    "return_dict",
-}
-_UNGRAPHED_ARGS = ("guidance", "controlnet_block_samples", "additional_t_cond")
-
-
-def capture_safe_text_lengths(
-    encoder_hidden_states: torch.Tensor, encoder_hidden_states_mask: torch.Tensor | None
-) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
-    """diffusers' `compute_text_seq_len_from_mask` (0.42), the same values without its one
-    host-to-device copy (`torch.as_tensor` of a Python int), which a CUDA graph capture
-    refuses: with this, a forward with a text mask (a batch of prompts of different
-    lengths) can be captured too."""
-    batch_size, text_seq_len = encoder_hidden_states.shape[:2]
-    mask = encoder_hidden_states_mask
-    if mask is None:
-        return text_seq_len, None, None
-    if mask.shape[:2] != (batch_size, text_seq_len):
-        raise ValueError(
-            f"`encoder_hidden_states_mask` shape {mask.shape} must match "
-            f"(batch_size, text_seq_len)=({batch_size}, {text_seq_len})."
-        )
-    mask = mask.to(torch.bool)
-    positions = torch.arange(text_seq_len, device=mask.device, dtype=torch.long)
-    active = torch.where(mask, positions, positions.new_zeros(()))
-    per_sample_len = torch.where(
-        mask.any(dim=1), active.max(dim=1).values + 1, positions.new_full((), text_seq_len)
-    )
-    return text_seq_len, per_sample_len, mask
-
-
-class AcceleratedForward:
-    """Stands in for `transformer.forward`: sets the SDPA kernel order around each call, and
-    replays a CUDA graph of the whole forward for small images (DESIGN.md: at 512x512 a graph
-    runs 3.4x faster than eager launches).
-
-    A graph is captured per (image shape, text length, batch, text mask or none) on first
-    use, into one memory pool that all graphs share (they never run at the same time); the
-    first use of a new prompt length at a small size pays for a capture (three forwards).
-    Only calls it can replay exactly take the graph path: no guidance, no ControlNet,
-    inference mode. If a capture fails, graphs are switched off (for masked calls only, when
-    the failed capture had a mask) and those calls run without one.
-    """
-
-    def __init__(
-        self,
-        forward: Callable[..., Any],
-        sdpa_order: list[SDPBackend] | None,
-        graph_max_pixels: int,
-    ) -> None:
-        self._forward = forward
-        self._sdpa_order = sdpa_order
-        self._graph_max_tokens = graph_max_pixels // PIXELS_PER_TOKEN
-        self._graph_masks = self._graph_max_tokens > 0
-        if self._graph_masks:
-            transformer_qwenimage.compute_text_seq_len_from_mask = capture_safe_text_lengths
-        self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
-        self._pool: Any = None
-        self.stats = GraphStats()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if "attention_kwargs" in kwargs and not kwargs["attention_kwargs"]:
-            # The pipeline passes {}, a graph capture None: the same forward, but compiled
-            # blocks guard on which, so one would compile every variant twice.
-            kwargs["attention_kwargs"] = None
-        with self._sdpa():
-            key = None if args else self._graph_key(kwargs)
-            if key is None:
-                return self._forward(*args, **kwargs)
-            entry = self._graphs.get(key)
-            if entry is None:
-                entry = self._capture(key, kwargs)
-                if entry is None:
-                    return self._forward(**kwargs)
-            self._graphs.move_to_end(key)
-            for name, buffer in entry.inputs.items():
-                buffer.copy_(kwargs[name])
-            entry.graph.replay()
-            self.stats.replayed += 1
-            # The graph's output buffer is rewritten by the next replay: hand out a copy.
-            out = entry.output.clone()
-        return forward_output(out, kwargs)
-
-    def _sdpa(self) -> contextlib.AbstractContextManager[None]:
-        if self._sdpa_order is None:
-            return contextlib.nullcontext()
-        return sdpa_kernel(self._sdpa_order, set_priority=True)
-
-    def _graph_key(self, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The graph's identity for a call it can replay exactly, else None."""
-        hidden = kwargs.get("hidden_states")
-        text = kwargs.get("encoder_hidden_states")
-        timestep = kwargs.get("timestep")
-        mask = kwargs.get("encoder_hidden_states_mask")
-        if self._graph_max_tokens <= 0 or set(kwargs) - _FORWARD_ARGS:
-            return None
-        if not (
-            isinstance(hidden, torch.Tensor)
-            and isinstance(text, torch.Tensor)
-            and isinstance(timestep, torch.Tensor)
-        ):
-            return None
-        if mask is not None and not (self._graph_masks and isinstance(mask, torch.Tensor)):
-            return None
-        if any(kwargs.get(name) is not None for name in _UNGRAPHED_ARGS):
-            return None
-        if kwargs.get("attention_kwargs") or not hidden.is_cuda:
-            return None
-        if hidden.shape[1] > self._graph_max_tokens or not torch.is_inference_mode_enabled():
-            return None
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        return (
-            tuple(hidden.shape),
-            tuple(text.shape),
-            tuple(timestep.shape),
-            None if mask is None else (tuple(mask.shape), mask.dtype),
-            hidden.dtype,
-            text.dtype,
-            timestep.dtype,
-            repr(kwargs.get("img_shapes")),
-        )
-
-    def _capture(self, key: tuple[Any, ...], kwargs: dict[str, Any]) -> _Graph | None:
-        inputs = {
-            name: kwargs[name].clone()
-            for name in _GRAPH_INPUTS
-            if isinstance(kwargs.get(name), torch.Tensor)
-        }
-        static = inputs | {"img_shapes": kwargs.get("img_shapes"), "return_dict": False}
-        masked = "encoder_hidden_states_mask" in inputs
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(_CAPTURE_WARMUP_RUNS):
-                    self._forward(**static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                output = self._forward(**static)[0]
-        except Exception:
-            # A failed capture is about the model or the kernels, not this shape: stop trying
-            # (masked calls only, when this one had a mask).
-            logger.warning(
-                "CUDA graph capture failed for %s%s; CUDA graphs are off from now on%s",
-                key[:3],
-                " with a text mask" if masked else "",
-                " for calls with a text mask" if masked else "",
-                exc_info=True,
-            )
-            if masked:
-                self._graph_masks = False
-            else:
-                self._graph_max_tokens = 0
-            self.stats.failed += 1
-            return None
-        entry = _Graph(graph, inputs, output)
-        self._graphs[key] = entry
-        self.stats.captured += 1
-        while len(self._graphs) > _MAX_GRAPHS:
-            self._graphs.popitem(last=False)
-        return entry
