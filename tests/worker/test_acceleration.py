@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers.models.transformers import transformer_qwenimage
 from pydantic import ValidationError
 
 from qwen_image_worker.engine.acceleration import (
@@ -17,17 +16,15 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
 )
 from qwen_image_worker.engine.base import BatchLimit
-from qwen_image_worker.engine.cuda_graphs import AcceleratedForward, capture_safe_text_lengths
-from qwen_image_worker.engine.demo_model import build_demo_pipeline
+from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.fp8 import Fp8Linear
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.joint_attention import JointAttnProcessor
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
-from qwen_image_worker.engine.vae import use_conv2d_for_single_frames
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import forward_inputs, random_transformer, spec
+from .conftest import spec
 
 
 def rel_l2(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -159,17 +156,6 @@ def test_on_the_cpu_the_default_levers_leave_the_pipeline_untouched() -> None:
     assert np.array_equal(ours, theirs)
 
 
-def test_vae_single_frame_conv2d_decodes_the_same_image() -> None:
-    vae = build_demo_pipeline().vae.eval()
-    latents = torch.randn(1, 4, 1, 12, 10)
-    with torch.no_grad():
-        stock = vae.decode(latents).sample
-        assert use_conv2d_for_single_frames(vae) > 10
-        fast = vae.decode(latents).sample
-    assert fast.shape == stock.shape
-    assert rel_l2(fast, stock) < 1e-5
-
-
 def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
     """What --tiny benchmarks: fused QKV, 2-D VAE convolutions, channels-last, SDPA order,
     CFG's two forwards joined."""
@@ -259,60 +245,6 @@ def test_per_tensor_fp8_couples_a_batch_and_per_row_does_not(
     pipe = load_pipeline(None, torch.device("cpu"))
     levers = Levers(fp8_matmuls=True, fp8_rowwise=scaling == "row")
     assert accelerate(pipe, levers, allow_cpu=True).batch_coupling == coupling
-
-
-# Read at import: on a CPU nothing installs the capture-safe version before this.
-STOCK_TEXT_LENGTHS = transformer_qwenimage.compute_text_seq_len_from_mask
-
-
-@pytest.mark.parametrize("case", ["no mask", "padded", "holes", "an empty row"])
-def test_capture_safe_text_lengths_equal_diffusers_own(case: str) -> None:
-    assert STOCK_TEXT_LENGTHS is not capture_safe_text_lengths
-    torch.manual_seed(0)
-    text = torch.randn(3, 7, 4)
-    lengths = torch.tensor([7, 3, 5])
-    masks = {
-        "no mask": None,
-        "padded": torch.arange(7)[None, :] < lengths[:, None],
-        "holes": torch.rand(3, 7) > 0.5,
-        "an empty row": torch.tensor([[1] * 7, [0] * 7, [1, 1, 0, 0, 0, 0, 0]]),
-    }
-    ours = capture_safe_text_lengths(text, masks[case])
-    theirs = STOCK_TEXT_LENGTHS(text, masks[case])
-    assert ours[0] == theirs[0] == 7
-    for mine, stock in zip(ours[1:], theirs[1:], strict=True):
-        assert (mine is None and stock is None) or torch.equal(mine, stock)
-    if case == "padded":
-        assert ours[1] is not None and ours[1].tolist() == [7, 3, 5]
-
-
-def test_graphs_put_the_capture_safe_text_lengths_in_the_transformers_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(transformer_qwenimage, "compute_text_seq_len_from_mask", STOCK_TEXT_LENGTHS)
-    AcceleratedForward(lambda **_: None, None, graph_max_pixels=0)
-    assert transformer_qwenimage.compute_text_seq_len_from_mask is STOCK_TEXT_LENGTHS
-    AcceleratedForward(lambda **_: None, None, graph_max_pixels=512 * 512)
-    assert transformer_qwenimage.compute_text_seq_len_from_mask is capture_safe_text_lengths
-
-
-def test_a_pipeline_call_and_a_graph_capture_share_one_compiled_block() -> None:
-    """The pipeline passes attention_kwargs={}, a graph capture passes none; compiled blocks
-    guard on which, so without the wrapper's normalising each block variant compiles twice
-    (seen on the H200: the batch test recompiled, the FP8 engine hit dynamo's limit)."""
-    transformer = random_transformer(layers=2, heads=2, text_dim=24)
-    transformer.forward = AcceleratedForward(transformer.forward, None, graph_max_pixels=0)
-    torch._dynamo.reset()
-    try:
-        for block in transformer.transformer_blocks:
-            block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
-        torch._dynamo.utils.counters.clear()
-        with torch.no_grad():
-            transformer(**forward_inputs(4, 6, 9, text_dim=24), attention_kwargs={})
-            transformer(**forward_inputs(4, 6, 9, text_dim=24))
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    finally:
-        torch._dynamo.reset()
 
 
 def test_the_batch_limit_is_the_settings_unless_a_fast_mode_couples_a_batch() -> None:
