@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from diffusers import QwenImageTransformer2DModel
@@ -88,3 +91,23 @@ def compile_blocks_and_vary_shapes(
         return graphs, compiled, eager
     finally:
         torch._dynamo.reset()
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
+    """The VAE's input latents and output pixels (floats) of the images made inside."""
+    seen: dict[str, torch.Tensor] = {}
+    vae = engine.pipe.vae
+    handles = [
+        vae.post_quant_conv.register_forward_pre_hook(
+            lambda _m, args: seen.__setitem__("latents", args[0].float().cpu())
+        ),
+        vae.decoder.register_forward_hook(
+            lambda _m, _a, out: seen.__setitem__("pixels", out.float().cpu())
+        ),
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()

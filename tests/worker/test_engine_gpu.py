@@ -5,8 +5,6 @@ Selected with `-m gpu` on the GPU machine; a CPU run deselects them (tests/conft
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -27,7 +25,7 @@ from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import COMPILED, GRAPHED, spec
+from .conftest import COMPILED, GRAPHED, captured, spec
 
 pytestmark = pytest.mark.gpu
 
@@ -48,26 +46,6 @@ def fast(cuda: torch.device) -> tuple[Engine, Accelerated]:
     engine = Engine(pipe, warmup_sizes=[(512, 512), COMPILED], batch=BATCHING)
     engine.warm_up(spec(prompt="warm-up", width=GRAPHED[0], height=GRAPHED[1]))
     return engine, done
-
-
-@contextmanager
-def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
-    """The VAE's input latents and output pixels (floats) of the images made inside."""
-    seen: dict[str, torch.Tensor] = {}
-    vae = engine.pipe.vae
-    handles = [
-        vae.post_quant_conv.register_forward_pre_hook(
-            lambda _m, args: seen.__setitem__("latents", args[0].float().cpu())
-        ),
-        vae.decoder.register_forward_hook(
-            lambda _m, _a, out: seen.__setitem__("pixels", out.float().cpu())
-        ),
-    ]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_every_default_lever_is_pulled_on_cuda(fast: tuple[Engine, Accelerated]) -> None:

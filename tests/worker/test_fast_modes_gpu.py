@@ -8,8 +8,6 @@ Selected with `-m gpu` on the GPU machine; a CPU run deselects them (tests/conft
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +26,7 @@ from qwen_image_worker.engine.fp8 import Fp8Linear, quantise
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import COMPILED, GRAPHED, spec
+from .conftest import COMPILED, GRAPHED, captured, spec
 
 pytestmark = pytest.mark.gpu
 
@@ -65,18 +63,6 @@ def fp8(cuda: torch.device) -> tuple[Engine, Accelerated]:
 @pytest.fixture(scope="module")
 def cached(cuda: torch.device) -> tuple[Engine, Accelerated]:
     return build(cuda, step_cache=True, step_cache_threshold=CACHE_THRESHOLD)
-
-
-@contextmanager
-def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
-    seen: dict[str, torch.Tensor] = {}
-    handle = engine.pipe.vae.post_quant_conv.register_forward_pre_hook(
-        lambda _m, args: seen.__setitem__("latents", args[0].float().cpu())
-    )
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def latents(engine: Engine, size: tuple[int, int], seed: int = JOB.seed) -> torch.Tensor:
