@@ -9,6 +9,8 @@ concatenation after it. Both change the order of rounding only (`lossless_tolera
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,14 +28,24 @@ def apply_rotary_emb_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     x is (batch, tokens, heads, head_dim) with (a, b) = (real, imaginary) pairs along
     head_dim; freqs is complex (tokens, head_dim / 2), c + is. (a + ib)(c + is) =
     (ac - bs) + i(bc + as), in fp32 as diffusers computes it, then back to x's dtype.
-    Written as pairs * c + swapped pairs * (-s, s) rather than a stack of the two parts:
-    inductor fuses the swap as an index, where a stack is written out in fp32 first.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))
+    return rotate(x, rotary_factors(freqs))
+
+
+def rotary_factors(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """c and (-s, s) of complex freqs (tokens, head_dim / 2), shaped to broadcast over
+    heads: made once per stream, shared by its Q and K."""
     cos_sin = torch.view_as_real(freqs).unsqueeze(1)
     cos, sin = cos_sin[..., :1], cos_sin[..., 1:]
-    rotated = pairs * cos + pairs.flip(-1) * torch.cat((-sin, sin), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    return cos, torch.cat((-sin, sin), dim=-1)
+
+
+def rotate(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """pairs * c + swapped pairs * (-s, s), rather than a stack of the two parts: inductor
+    fuses the swap as an index, where a stack is written out in fp32 first."""
+    cos, signed_sin = factors
+    pairs = x.float().unflatten(-1, (-1, 2))
+    return (pairs * cos + pairs.flip(-1) * signed_sin).flatten(-2).type_as(x)
 
 
 class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
@@ -84,10 +96,9 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             txt_key = attn.norm_added_k(txt_key)
         if image_rotary_emb is not None:
             img_freqs, txt_freqs = image_rotary_emb
-            img_query = self._rotate(img_query, img_freqs)
-            img_key = self._rotate(img_key, img_freqs)
-            txt_query = self._rotate(txt_query, txt_freqs)
-            txt_key = self._rotate(txt_key, txt_freqs)
+            rotate_img, rotate_txt = self._rotation(img_freqs), self._rotation(txt_freqs)
+            img_query, img_key = rotate_img(img_query), rotate_img(img_key)
+            txt_query, txt_key = rotate_txt(txt_query), rotate_txt(txt_key)
         joint_query = torch.cat([txt_query, img_query], dim=1)
         joint_key = torch.cat([txt_key, img_key], dim=1)
         joint_value = torch.cat([txt_value, img_value], dim=1)
@@ -108,10 +119,11 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
         txt_out = attn.to_add_out(joint[:, :seq_txt, :].contiguous())
         return img_out, txt_out
 
-    def _rotate(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    def _rotation(self, freqs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """RoPE by one stream's freqs, for its Q and its K."""
         if self.real_rope:
-            return apply_rotary_emb_real(x, freqs)
-        return apply_rotary_emb_qwen(x, freqs, use_real=False)
+            return partial(rotate, factors=rotary_factors(freqs))
+        return partial(apply_rotary_emb_qwen, freqs_cis=freqs, use_real=False)
 
 
 def _project(
