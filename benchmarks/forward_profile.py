@@ -12,9 +12,10 @@ shape.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
 from collections.abc import Callable
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -133,20 +134,21 @@ def attention_backends(
         for _ in range(3)
     )
     flops = 4.0 * tokens * tokens * heads * head_dim
-    kernels: dict[str, Callable[[], Any]] = {}
-    for name, backend in BACKENDS.items():
-        kernels[name] = _sdpa_with(backend, q, k, v)
-    kernels["flex"] = lambda: _compiled_flex()(q, k, v)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    kernels: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {
+        name: (partial(sdpa_kernel, [backend]), sdpa) for name, backend in BACKENDS.items()
+    }
+    kernels["flex"] = (contextlib.nullcontext, _compiled_flex())
     results: dict[str, Any] = {}
-    for name, kernel in kernels.items():
+    for name, (context, attention) in kernels.items():
         try:
-            with torch.inference_mode():
-                kernel()
+            with context(), torch.inference_mode():
+                attention(q, k, v)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
                 for _ in range(runs):
-                    kernel()
+                    attention(q, k, v)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
         except Exception as exc:  # a kernel this build, device or shape lacks
@@ -157,16 +159,6 @@ def attention_backends(
     return results
 
 
-def _sdpa_with(
-    backend: SDPBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> Callable[[], torch.Tensor]:
-    def run() -> torch.Tensor:
-        with sdpa_kernel([backend]):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-    return run
-
-
-@functools.cache
+@cache
 def _compiled_flex() -> Callable[..., Any]:
     return torch.compile(flex_attention, dynamic=False)
