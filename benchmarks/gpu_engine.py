@@ -849,11 +849,11 @@ class Bench:
         entry["levers"] = self.done.active
         if self.done.fp8 is not None:
             entry["fp8"] = asdict(self.done.fp8)
-        # The worker's own batch limit, so the start-up warm-up is the worker's (with its
-        # batch of two when batching is on).
         sizes = list(variant.sizes) or plan.sizes
         warmup_sizes = list(variant.sizes) or plan.warmup_sizes
         entry["sizes"] = [label(size) for size in sizes]
+        # The worker's own batch limit, so the start-up warm-up is the worker's (with its
+        # batch of two when batching is on).
         self.engine = Engine(
             self.pipe,
             on_step=self.marks.on_step,
@@ -991,7 +991,7 @@ class Bench:
 
     def profile(self, size: tuple[int, int]) -> dict[str, Any]:
         """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs,
-        and its attention alone with each SDPA kernel."""
+        and its attention alone with each SDPA kernel and FlexAttention."""
         transformer = self.pipe.transformer
         kwargs = self.forward_kwargs(size, 1)
         image_tokens = kwargs["hidden_states"].shape[1]
