@@ -8,6 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from qwen_image_worker.engine.acceleration import (
+    _SDPA_ORDER,
     LOSSLESS_REL_L2_TOLERANCE,
     Accelerated,
     Levers,
@@ -19,7 +20,7 @@ from qwen_image_worker.engine.base import BatchLimit
 from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.fp8 import Fp8Linear
 from qwen_image_worker.engine.generation import Engine
-from qwen_image_worker.engine.joint_attention import JointAttnProcessor
+from qwen_image_worker.engine.joint_attention import JointAttnProcessor, flash3_unavailable
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
 from qwen_image_worker.settings import WorkerSettings
@@ -210,6 +211,24 @@ def warm_up_decodes(engine: Engine) -> tuple[list[tuple[int, int]], list[tuple[i
         return engine.warm_up(spec(num_inference_steps=1)), made
     finally:
         handle.remove()
+
+
+def test_flash3_is_a_cuda_lever_and_says_how_to_get_its_kernels() -> None:
+    """This machine has no FA3 wheel and no GPU: a worker asked for FA3 on CUDA would fail at
+    start-up with the reason; on a CPU the lever is off like the other CUDA-only ones, and
+    masked calls keep SDPA's order (cuDNN first) either way."""
+    assert WorkerSettings(attention_backend="flash3").attention_backend == "flash3"
+    reason = flash3_unavailable(torch.device("cpu"), 128)
+    assert reason is not None and "tools/fa3/build.sh" in reason
+    pipe = load_pipeline(None, torch.device("cpu"))
+    done = accelerate(pipe, Levers(attention_backend="flash3", fuse_qkv=True), allow_cpu=True)
+    assert done.active == ["fuse_qkv", "attention_flash3"]
+    processors = list(pipe.transformer.attn_processors.values())
+    assert processors and all(
+        isinstance(p, JointAttnProcessor) and not p.flash3 for p in processors
+    )
+    assert done.forward is not None
+    assert done.forward._sdpa_order == _SDPA_ORDER["cudnn"]
 
 
 def test_warm_up_makes_each_generated_shape_once(engine: Engine) -> None:

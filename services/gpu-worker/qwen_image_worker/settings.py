@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qwen_image_common.logs import LogFormat
 
-AttentionBackend = Literal["cudnn", "flash", "efficient", "default"]
+AttentionBackend = Literal["cudnn", "flash", "efficient", "default", "flash3"]
 CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
 # The sizes the public API serves (DESIGN.md section 2): `size` values and `aspect_ratio`s.
 SERVED_SIZES = "256x256,512x512,1024x1024,1328x1328,1664x928,928x1664,1472x1140,1140x1472"
@@ -77,7 +77,9 @@ class WorkerSettings(BaseSettings):
     attention_backend: AttentionBackend = Field(
         default="cudnn",
         description="SDPA kernel tried first in the transformer (the others stay as fallbacks); "
-        "'default' leaves the choice to PyTorch.",
+        "'default' leaves the choice to PyTorch; 'flash3' runs unmasked joint attention through "
+        "FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds) and the rest as "
+        "'cudnn'.",
     )
     compile_transformer: bool = Field(
         default=True,

@@ -7,9 +7,9 @@ is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agno
 Two opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and
 the first-block step cache (step_cache.py); `accelerate` pulls them too.
 
-Where each lever lives: joint_attention.py (fused QKV, real RoPE), feed_forward.py (the GELU
-epilogue), vae.py (the VAE's), cuda_graphs.py (SDPA order, CUDA graphs), paired_cfg.py
-(CFG's forwards joined), fp8.py and step_cache.py (the fast modes).
+Where each lever lives: joint_attention.py (fused QKV, real RoPE, FA3), feed_forward.py
+(the GELU epilogue), vae.py (the VAE's), cuda_graphs.py (SDPA order, CUDA graphs),
+paired_cfg.py (CFG's forwards joined), fp8.py and step_cache.py (the fast modes).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit
 from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.feed_forward import use_gelu_epilogues
 from qwen_image_worker.engine.fp8 import Fp8Report, quantise_blocks
-from qwen_image_worker.engine.joint_attention import install_joint_attention
+from qwen_image_worker.engine.joint_attention import flash3_unavailable, install_joint_attention
 from qwen_image_worker.engine.paired_cfg import PairedGuidance
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.engine.vae import to_channels_last, use_conv2d_for_single_frames
@@ -72,13 +72,16 @@ _RECOMPILE_LIMIT = 64
 # torch._scaled_mm's e4m3 matmuls: Ada (8.9), Hopper (9.0) and newer.
 _FP8_CAPABILITY = (8, 9)
 
+_CUDNN_FIRST = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 _SDPA_ORDER: dict[str, list[SDPBackend]] = {
-    "cudnn": [
-        SDPBackend.CUDNN_ATTENTION,
-        SDPBackend.FLASH_ATTENTION,
-        SDPBackend.EFFICIENT_ATTENTION,
-        SDPBackend.MATH,
-    ],
+    "cudnn": _CUDNN_FIRST,
+    # FA3 takes the unmasked joint attention (joint_attention.py); SDPA the masked calls.
+    "flash3": _CUDNN_FIRST,
     "flash": [
         SDPBackend.FLASH_ATTENTION,
         SDPBackend.CUDNN_ATTENTION,
@@ -185,8 +188,9 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     On a CPU nothing happens, unless `allow_cpu`: then the device-agnostic levers (fused QKV,
     real RoPE, the GELU epilogue, 2-D VAE convolutions, channels-last, SDPA order, CFG's
     forwards joined, FP8 through the CPU's torch._scaled_mm, the step cache) are pulled and
-    the CUDA-only ones (compile, graphs) skipped. FP8 on a GPU older than Ada or Hopper
-    raises: that setting cannot be honoured there.
+    the CUDA-only ones (FA3, compile, graphs) skipped. FP8 on a GPU older than Ada or Hopper,
+    and FA3 on a GPU other than Hopper or without its wheel, raise: those settings cannot be
+    honoured there.
     """
     done = Accelerated()
     parts: Any = pipe
@@ -195,8 +199,14 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         logger.info("speed levers off: the model runs on %s", parts.device)
         return done
     transformer = parts.transformer
-    if levers.fuse_qkv or levers.real_rope:
-        install_joint_attention(transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope)
+    flash3 = on_cuda and levers.attention_backend == "flash3"
+    head_dim = transformer.config.attention_head_dim
+    if flash3 and (reason := flash3_unavailable(parts.device, head_dim)) is not None:
+        raise RuntimeError(f"ATTENTION_BACKEND=flash3: {reason}")
+    if levers.fuse_qkv or levers.real_rope or flash3:
+        install_joint_attention(
+            transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope, flash3=flash3
+        )
         done.active += [name for name in ("fuse_qkv", "real_rope") if getattr(levers, name)]
     if levers.fp8_matmuls:
         capability = torch.cuda.get_device_capability(parts.device) if on_cuda else None

@@ -1,10 +1,13 @@
 """Qwen-Image's joint attention with less memory traffic: the same arithmetic as diffusers'.
 
-Two levers act here. Fused QKV: one projection matmul per stream instead of three. Real
+Three levers act here. Fused QKV: one projection matmul per stream instead of three. Real
 RoPE: diffusers rotates Q and K as complex64 numbers, and torch.compile runs a complex
 multiply as separate kernels through fp32 copies of Q and K (three round trips where one
 does); written with real fp32 products it fuses with the RMS norm before it and the
-concatenation after it. Both change the order of rounding only (`lossless_tolerance`).
+concatenation after it. FlashAttention-3: the attention itself through FA3's Hopper kernel
+(diffusers' `_flash_3` backend, which takes Q, K and V in the layout built here, with no
+transposes) where no text mask is needed; FA3 takes no mask, so masked calls keep SDPA. All
+three change the order of rounding only (`lossless_tolerance`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from functools import partial
 from typing import Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    dispatch_attention_fn,
+)
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
     apply_rotary_emb_qwen,
 )
+from diffusers.utils import is_flash_attn_3_available
 from torch import nn
 
 
@@ -50,12 +57,13 @@ def rotate(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch
 
 class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
     """diffusers' `QwenDoubleStreamAttnProcessor2_0.__call__` (0.42), step for step, with
-    the projections taken fused where `fuse_qkv` fused them and RoPE in real arithmetic
-    where `real_rope` asks for it."""
+    the projections taken fused where `fuse_qkv` fused them, RoPE in real arithmetic
+    where `real_rope` asks for it, and unmasked attention through FA3 where `flash3` does."""
 
-    def __init__(self, real_rope: bool) -> None:
+    def __init__(self, real_rope: bool, flash3: bool = False) -> None:
         super().__init__()
         self.real_rope = real_rope
+        self.flash3 = flash3
 
     def __call__(
         self,
@@ -102,6 +110,9 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
         joint_query = torch.cat([txt_query, img_query], dim=1)
         joint_key = torch.cat([txt_key, img_key], dim=1)
         joint_value = torch.cat([txt_value, img_value], dim=1)
+        backend = self._attention_backend
+        if self.flash3 and attention_mask is None:
+            backend = AttentionBackendName._FLASH_3
         joint = dispatch_attention_fn(
             joint_query,
             joint_key,
@@ -109,7 +120,7 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             attn_mask=attention_mask,
             dropout_p=0.0,
             is_causal=False,
-            backend=self._attention_backend,
+            backend=backend,
             parallel_config=self._parallel_config,
         )
         joint = joint.flatten(2, 3).to(joint_query.dtype)
@@ -141,7 +152,36 @@ def _project(
     return query, key, value
 
 
-def install_joint_attention(transformer: nn.Module, *, fuse: bool, real_rope: bool) -> int:
+# The one head dim tools/fa3/build.sh compiles FA3 for: Qwen-Image's.
+FLASH3_HEAD_DIM = 128
+
+
+def flash3_unavailable(device: torch.device, head_dim: int) -> str | None:
+    """Why FA3 cannot run this model's attention on `device`, or None when it can."""
+    if not is_flash_attn_3_available():
+        return (
+            "FlashAttention-3 is not installed: build its wheel with tools/fa3/build.sh and "
+            "pip install it, or choose another ATTENTION_BACKEND (cudnn)"
+        )
+    if device.type != "cuda":
+        return f"FlashAttention-3 runs on CUDA GPUs only, not on {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major != 9:
+        return (
+            "FlashAttention-3's kernels are built for Hopper (compute capability 9.0); "
+            f"this GPU is {major}.{minor}: choose another ATTENTION_BACKEND (cudnn)"
+        )
+    if head_dim != FLASH3_HEAD_DIM:
+        return (
+            f"the FlashAttention-3 wheel holds kernels for head dim {FLASH3_HEAD_DIM} (Qwen-"
+            f"Image's) only; this model's is {head_dim}: choose another ATTENTION_BACKEND"
+        )
+    return None
+
+
+def install_joint_attention(
+    transformer: nn.Module, *, fuse: bool, real_rope: bool, flash3: bool = False
+) -> int:
     """Give every joint attention of `transformer` this module's processor, with its Q|K|V
     projections fused first if `fuse`; returns how many attentions it changed.
 
@@ -158,7 +198,7 @@ def install_joint_attention(transformer: nn.Module, *, fuse: bool, real_rope: bo
             module.to_added_qkv = _fuse_linears(
                 [module.add_q_proj, module.add_k_proj, module.add_v_proj]
             )
-        module.set_processor(JointAttnProcessor(real_rope))
+        module.set_processor(JointAttnProcessor(real_rope, flash3))
         changed += 1
     return changed
 
