@@ -16,7 +16,7 @@ LINT_PATHS := services tests $(wildcard benchmarks)
 ISOLATED := $(if $(filter 0,$(shell id -u)),unshare --net,unshare --net --map-root-user) \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install run test lint typecheck k8s-binaries clean
+.PHONY: install run test lint typecheck k8s-binaries fa3-wheel clean
 
 install: $(STAMP)
 
@@ -42,7 +42,13 @@ typecheck: install
 k8s-binaries:
 	tools/k8s/build.sh
 
-test: lint typecheck k8s-binaries
+# FlashAttention-3 for ATTENTION_BACKEND=flash3, built against this venv's PyTorch with nvcc
+# from PyPI (about 90 s the first time; cached in ~/.cache/qwen-image-serving/fa3). Its
+# kernels need a Hopper GPU; the tests check that it installs and loads here.
+fa3-wheel: install
+	PYTHON=$(PY) tools/fa3/build.sh build/fa3
+
+test: lint typecheck k8s-binaries fa3-wheel
 	$(ISOLATED) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
