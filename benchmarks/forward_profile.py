@@ -5,9 +5,9 @@ run at the card's bf16 peak (round 3), so the gap to the compute floor must be i
 or the work between matmuls; this splits one forward's GPU time by kind of kernel and sets
 each beside its arithmetic (analytic FLOPs of Qwen-Image's joint blocks), so a run says
 which kind to attack. On the CPU (--tiny) the same split is made of the operators' own time.
-`attention_backends` times the joint attention alone with each SDPA kernel PyTorch offers
-and with FlexAttention, so a run also says whether another kernel would be faster at that
-shape.
+`attention_backends` times the joint attention alone with each SDPA kernel PyTorch offers,
+with FlexAttention and with FlashAttention-3 (where its wheel is installed), so a run also
+says whether another kernel would be faster at that shape.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from functools import cache, partial
 from typing import Any
 
 import torch
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+from diffusers.utils import is_flash_attn_3_available
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
@@ -120,11 +122,12 @@ def profile_forward(
 def attention_backends(
     config: Any, tokens: int, device: torch.device, dtype: torch.dtype, runs: int
 ) -> dict[str, Any]:
-    """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel and
-    with FlexAttention (a Triton kernel inductor generates, compiled here for this shape):
-    seconds per call and TFLOP/s, or why the kernel could not run. Q, K and V are laid out
-    as diffusers hands them to SDPA: (batch, tokens, heads, head_dim) seen as (batch,
-    heads, tokens, head_dim), a strided view."""
+    """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel,
+    with FlexAttention (a Triton kernel inductor generates, compiled here for this shape)
+    and with FA3 (ATTENTION_BACKEND=flash3): seconds per call and TFLOP/s, or why the kernel
+    could not run. Q, K and V are laid out as diffusers hands them to SDPA: (batch, tokens,
+    heads, head_dim) seen as (batch, heads, tokens, head_dim), a strided view; FA3 takes
+    the (batch, tokens, heads, head_dim) tensors themselves."""
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
     generator = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (
@@ -139,6 +142,7 @@ def attention_backends(
         name: (partial(sdpa_kernel, [backend]), sdpa) for name, backend in BACKENDS.items()
     }
     kernels["flex"] = (contextlib.nullcontext, _compiled_flex())
+    kernels["flash3"] = (contextlib.nullcontext, _flash3)
     results: dict[str, Any] = {}
     for name, (context, attention) in kernels.items():
         try:
@@ -157,6 +161,13 @@ def attention_backends(
         seconds = (time.perf_counter() - started) / runs
         results[name] = {"s": round(seconds, 6), "tflops": float(f"{flops / seconds / 1e12:.4g}")}
     return results
+
+
+def _flash3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if not is_flash_attn_3_available():
+        raise RuntimeError("flash_attn_3 is not installed (tools/fa3/build.sh builds it)")
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return dispatch_attention_fn(q, k, v, backend=AttentionBackendName._FLASH_3)
 
 
 @cache

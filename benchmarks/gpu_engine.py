@@ -168,6 +168,12 @@ VARIANTS = {
             True,
             "the defaults with the MLP's GELU in cuBLASLt's matmul epilogue",
         ),
+        Variant(
+            "flash3",
+            {"attention_backend": "flash3"},
+            True,
+            "the defaults with unmasked attention through FlashAttention-3 (tools/fa3/build.sh)",
+        ),
         Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
         Variant(
             "fp8-tensor",

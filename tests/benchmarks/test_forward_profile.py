@@ -80,9 +80,10 @@ def test_the_attention_alone_is_timed_with_each_kernel_that_runs_here(
     profiling: ModuleType,
 ) -> None:
     result = profiling.attention_backends(QWEN_IMAGE, 300, torch.device("cpu"), torch.float32, 2)
-    assert set(result) == {"cudnn", "flash", "efficient", "math", "flex"}
+    assert set(result) == {"cudnn", "flash", "efficient", "math", "flex", "flash3"}
     # The CPU build has a flash kernel, the math one and FlexAttention's C++ template;
-    # cuDNN's is CUDA's alone.
+    # cuDNN's is CUDA's alone, and FA3 is not installed here.
     for name in ("flash", "math", "flex"):
         assert result[name]["s"] > 0 and result[name]["tflops"] > 0
     assert "error" in result["cudnn"] and "s" not in result["cudnn"]
+    assert "tools/fa3/build.sh" in result["flash3"]["error"]

@@ -28,6 +28,7 @@ ALL_VARIANTS = [
     "paired-all",
     "complex-rope",
     "gelu-epilogue",
+    "flash3",
     "fp8",
     "fp8-tensor",
     "fp8-all-blocks",
@@ -169,11 +170,11 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,complex-rope@1328x1328+1024x1024,gelu-epilogue@1328x1328+1024x1024,"
-            "unpaired@512x512+256x256,paired-all@1328x1328+1024x1024",
+            "lossless,flash3@1328x1328+1024x1024,complex-rope@1328x1328+1024x1024,"
+            "gelu-epilogue@1328x1328+1024x1024,unpaired@512x512+256x256,"
+            "paired-all@1328x1328+1024x1024",
             "--no-throughput",
-            "--batches",
-            "1,8",
+            "--no-queue",
             "--budget-s",
             "300",
             "--out",
@@ -183,19 +184,18 @@ def test_the_device_runs_flags_parse_into_its_plan(
     large, small = ((1328, 1328), (1024, 1024)), ((512, 512), (256, 256))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
+        ("flash3", large),
         ("complex-rope", large),
         ("gelu-epilogue", large),
         ("unpaired", small),
         ("paired-all", large),
     ]
-    assert not plan.throughput and plan.queue and plan.probe and plan.profile and plan.spread
+    assert not plan.throughput and not plan.queue
+    assert plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
     # The worker's own warm-up: every served size.
     assert plan.warmup_sizes == WorkerSettings().warmup_size_list
-    # The queue curve's ends: 16 jobs at the small sizes, batch limits 1 and 8.
-    assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 8]
-    assert (plan.queue_jobs, plan.queue_steps) == (16, 10)
     assert plan.device.type == "cuda" and not plan.tiny
 
 
