@@ -26,10 +26,8 @@
 # How to call it (device tool `run`): carry [".whl"], timeout_s 540, kind nvidia-h200,
 #   command: bash benchmarks/device_run.sh
 # .whl/ holds diffusers 0.42.1, transformers 5.24.0 (what the demo model is tested with),
-# pydantic, pydantic-core, pydantic-settings, fastapi, starlette, opentelemetry-api and
-# their missing needs (annotated-types, typing-inspection, typing-extensions, python-dotenv,
-# regex), made with the pip download command of /work/.library/device/README.md, and FA3:
-#   TORCH_VERSION=2.11.0 PYTHON=.venv/bin/python tools/fa3/build.sh .whl
+# pydantic, fastapi and what the image lacks of their needs, and FA3 built for torch 2.11:
+# benchmarks/device_wheels.sh fills it.
 #
 # Time estimates, from the H200 reports of rounds 1 to 3 (benchmarks/results/); the machine
 # started in about 30 s in round 3:
