@@ -33,6 +33,18 @@ exec 9>"$cache/.lock"
 flock 9
 log() { echo "fa3: $*" >&2; }
 
+# The host compiler and the fetchers; Debian's packages where they are missing and we may.
+missing=()
+for tool in g++ curl unzip; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+    log "needs ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
+    exit 1
+  fi
+  log "installing ${missing[*]} with apt-get"
+  apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >&2
+fi
+
 # Each input is fetched once into its own folder, completed by a rename.
 fetch() { # fetch NAME COMMAND...: run COMMAND in a fresh folder, then keep it as $cache/NAME
   [[ -d "$cache/$1" ]] && return
