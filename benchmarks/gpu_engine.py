@@ -132,12 +132,14 @@ class Variant:
     note: str
     # Where --variants gives NAME@WxH+WxH: its rows and warm-up at those sizes only.
     sizes: tuple[tuple[int, int], ...] = ()
+    # Its rows that ran without a CUDA graph get a forward split by kind of kernel.
+    profiled: bool = False
 
 
 VARIANTS = {
     variant.name: variant
     for variant in (
-        Variant("lossless", {}, True, "the worker's defaults"),
+        Variant("lossless", {}, True, "the worker's defaults", profiled=True),
         Variant(
             "autotune",
             {"compile_mode": "max-autotune-no-cudagraphs"},
@@ -173,6 +175,7 @@ VARIANTS = {
             {"attention_backend": "flash3"},
             True,
             "the defaults with unmasked attention through FlashAttention-3 (tools/fa3/build.sh)",
+            profiled=True,
         ),
         Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
         Variant(
@@ -731,6 +734,8 @@ class Bench:
         self.stock: dict[str, Outputs] = {}
         # The lossless variant's outputs and timing per size: the fast modes' reference.
         self.lossless: dict[str, tuple[Outputs, dict[str, Any]]] = {}
+        # Sizes whose attention was timed alone with each kernel (once, in the first profile).
+        self.attention_timed: set[str] = set()
         self.done = Accelerated()
         self.pipe: Any = None
         self.capture: Capture  # set by build()
@@ -929,12 +934,12 @@ class Bench:
             compare(stock_row, self.stock[label(size)], outputs)
             if self.plan.probe and self.graphed(size):
                 row["probe"] = self.probe(size, timed["median_step_s"])
-            if self.plan.profile and row["graph_replays"] == 0:
-                row["profile"] = self.profile(size)
         elif label(size) in self.lossless:
             reference, reference_timed = self.lossless[label(size)]
             row["vs_lossless"] = deviation(outputs, reference)
             row["vs_lossless"]["speedup"] = speedup(reference_timed, timed)
+        if variant.profiled and self.plan.profile and row["graph_replays"] == 0:
+            row["profile"] = self.profile(size, f"{variant.name} {label(size)}")
         log(f"{variant.name} {label(size)}: {row}")
         return row
 
@@ -995,9 +1000,11 @@ class Bench:
         log(f"probe {label(size)}: {result}")
         return result
 
-    def profile(self, size: tuple[int, int]) -> dict[str, Any]:
-        """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs,
-        and its attention alone with each SDPA kernel and FlexAttention."""
+    def profile(self, size: tuple[int, int], what: str) -> dict[str, Any]:
+        """One forward (batch 1, the prompt's text) split by kind of kernel, beside its FLOPs
+        and its wall time (busy_fraction: kernel time / wall time; under 1, the GPU waits
+        for the host). The first profile of a size also times its attention alone with
+        each SDPA kernel, FlexAttention and FA3."""
         transformer = self.pipe.transformer
         kwargs = self.forward_kwargs(size, 1)
         image_tokens = kwargs["hidden_states"].shape[1]
@@ -1005,17 +1012,25 @@ class Bench:
         flops = forward_flops(transformer.config, 1, image_tokens, text_tokens)
         with torch.inference_mode():
             transformer(**kwargs)  # the row's runs compiled this shape; this warms the text
+            start = self.clock.now()
+            for _ in range(PROFILE_RUNS):
+                transformer(**kwargs)
+            wall = (self.clock.now() - start) / PROFILE_RUNS
             result = profile_forward(
                 lambda: transformer(**kwargs), flops, self.plan.device, PROFILE_RUNS
             )
-        result["attention_backends"] = attention_backends(
-            transformer.config,
-            image_tokens + text_tokens,
-            self.plan.device,
-            transformer.dtype,
-            PROFILE_RUNS,
-        )
-        log(f"profile {label(size)}: {result['kinds']}; {result['attention_backends']}")
+        result["wall_s"] = round(wall, 6)
+        result["busy_fraction"] = round(result["total_s"] / wall, 3)
+        if label(size) not in self.attention_timed:
+            self.attention_timed.add(label(size))
+            result["attention_backends"] = attention_backends(
+                transformer.config,
+                image_tokens + text_tokens,
+                self.plan.device,
+                transformer.dtype,
+                PROFILE_RUNS,
+            )
+        log(f"profile {what}: {result['kinds']}; {result.get('attention_backends')}")
         return result
 
     def throughput(self, side: str) -> None:

@@ -105,7 +105,10 @@ def split(profile: dict[str, Any]) -> str:
         f"{name} {entry['tflops']} TFLOP/s" if "tflops" in entry else f"{name} -"
         for name, entry in profile.get("attention_backends", {}).items()
     ]
-    line = f"{profile['total_s']:.4g} s on {profile['timed_on']}: " + "; ".join(parts)
+    line = f"{profile['total_s']:.4g} s on {profile['timed_on']}"
+    if "wall_s" in profile:
+        line += f" of {profile['wall_s']:.4g} s wall (busy {profile['busy_fraction']})"
+    line += ": " + "; ".join(parts)
     return line + (f" | attention alone: {', '.join(kernels)}" if kernels else "")
 
 

@@ -111,7 +111,12 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
         kinds = row["profile"]["kinds"]
         assert kinds["matmul"]["tflops"] > 0 and kinds["attention"]["tflops"] > 0
         assert row["profile"]["attention_backends"]["math"]["tflops"] > 0
+        assert row["profile"]["busy_fraction"] > 0 and row["profile"]["wall_s"] > 0
     assert "profile lossless 256x256: " in done.stdout
+    # flash3 profiles its forward too; each size's attention alone is timed once.
+    for row in variant(report, "flash3")["rows"]:
+        assert row["profile"]["kinds"]["matmul"]["s"] > 0
+        assert "attention_backends" not in row["profile"]
     # FP8 moves the output a little; the step cache reports what it skipped.
     for name, blocks in [("fp8", 2), ("fp8-tensor", 2), ("fp8-all-blocks", 4)]:
         entry = variant(report, name)

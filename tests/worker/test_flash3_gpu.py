@@ -55,7 +55,8 @@ def test_flash3_attention_is_as_close_to_the_exact_one_as_cudnn(cuda: torch.devi
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             cudnn = F.scaled_dot_product_attention(*bhsd).transpose(1, 2)
     assert ours.shape == shape and ours.dtype == torch.bfloat16
-    assert relative_error(ours, exact) < BF16_ROUNDING
+    # Rounding the output to bf16 alone costs about 2^-8 / sqrt(3); a fault costs O(1).
+    assert relative_error(ours, exact) < 2 * BF16_ROUNDING
     assert relative_error(ours, exact) <= relative_error(cudnn, exact) + BF16_ROUNDING / 4
     assert torch.equal(compiled, ours)  # the same kernel behind torch.compile
 
