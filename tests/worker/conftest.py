@@ -42,19 +42,26 @@ def spec(**overrides: object) -> ImageSpec:
     return ImageSpec(**values)  # type: ignore[arg-type]
 
 
-def random_transformer(layers: int, heads: int, text_dim: int) -> QwenImageTransformer2DModel:
+def random_transformer(
+    layers: int,
+    heads: int,
+    text_dim: int,
+    head_dim: int = 16,
+    rope_axes: tuple[int, int, int] = (8, 4, 4),
+) -> QwenImageTransformer2DModel:
     """A small transformer with random weights from seed 0; more heads and layers than the
-    demo model, so head splits and the edge blocks are exercised."""
+    demo model, so head splits and the edge blocks are exercised. `rope_axes` sum to
+    `head_dim`."""
     torch.manual_seed(0)
     return QwenImageTransformer2DModel(
         patch_size=2,
         in_channels=16,
         out_channels=4,
         num_layers=layers,
-        attention_head_dim=16,
+        attention_head_dim=head_dim,
         num_attention_heads=heads,
         joint_attention_dim=text_dim,
-        axes_dims_rope=(8, 4, 4),
+        axes_dims_rope=rope_axes,
     ).eval()
 
 

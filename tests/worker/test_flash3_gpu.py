@@ -27,7 +27,7 @@ from qwen_image_worker.engine.joint_attention import (
     install_joint_attention,
 )
 
-from .conftest import forward_inputs
+from .conftest import forward_inputs, random_transformer
 
 pytestmark = pytest.mark.gpu
 
@@ -63,18 +63,8 @@ def test_flash3_attention_is_as_close_to_the_exact_one_as_cudnn(cuda: torch.devi
 
 def transformer(cuda: torch.device) -> QwenImageTransformer2DModel:
     """Two blocks of Qwen-Image's head dim (128) and RoPE axes, random weights, bf16."""
-    torch.manual_seed(0)
-    model = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=2,
-        attention_head_dim=FLASH3_HEAD_DIM,
-        num_attention_heads=2,
-        joint_attention_dim=TEXT_DIM,
-        axes_dims_rope=(16, 56, 56),
-    )
-    return model.eval().to(cuda, torch.bfloat16)
+    model = random_transformer(2, 2, TEXT_DIM, FLASH3_HEAD_DIM, rope_axes=(16, 56, 56))
+    return model.to(cuda, torch.bfloat16)
 
 
 def inputs(cuda: torch.device, masked: bool) -> dict[str, object]:
