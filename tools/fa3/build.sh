@@ -67,7 +67,8 @@ get_toolchain() {
 get_torch_headers() {
   "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 -d . "torch==$TORCH_VERSION"
-  unzip -q torch-*.whl 'torch/include/*' 'torch/lib/libtorch_cpu.so' 'torch/lib/libtorch_cuda.so'
+  unzip -q torch-*.whl 'torch/include/*' 'torch/lib/libtorch_cpu.so' 'torch/lib/libtorch_cuda.so' \
+    torch/version.py
   rm torch-*.whl
 }
 
@@ -76,11 +77,17 @@ fetch "cuda-$cuda_version" get_toolchain
 src="$cache/src-xformers-$xformers_version"
 cuda="$cache/cuda-$cuda_version/nvidia/cu13"
 if [[ -n "${TORCH_VERSION:-}" ]]; then
-  fetch "torch-$TORCH_VERSION" get_torch_headers
-  torch_dir="$cache/torch-$TORCH_VERSION/torch"
+  fetch "pytorch-$TORCH_VERSION" get_torch_headers
+  torch_dir="$cache/pytorch-$TORCH_VERSION/torch"
 else
   TORCH_VERSION="$("$python" -c 'import torch; print(torch.__version__.split("+")[0])')"
   torch_dir="$("$python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+fi
+# The extension links CUDA 13's runtime, which a PyTorch built for CUDA 12 does not load.
+torch_cuda="$(sed -n "s/^cuda: Optional\[str\] = '\(.*\)'$/\1/p" "$torch_dir/version.py")"
+if [[ "${torch_cuda%%.*}" != 13 ]]; then
+  log "PyTorch $TORCH_VERSION here is built for CUDA '${torch_cuda:-none}'; FA3 is built with CUDA 13.0: use a CUDA 13 build of PyTorch (PyPI's default)"
+  exit 1
 fi
 
 # The wheel's build tag is the PyTorch version whose headers it was built with (a version's
