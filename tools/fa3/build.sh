@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds FlashAttention-3 for the worker's ATTENTION_BACKEND=flash3: the Hopper (sm_90a)
 # forward kernel for bf16 and head dim 128, the one Qwen-Image's joint attention runs, as a
-# wheel `flash_attn_3` (about 1.5 MB) for one PyTorch version and any newer one.
+# wheel `flash_attn_3` (about 340 KB) for one PyTorch version and any newer one.
 #   tools/fa3/build.sh [OUT_DIR]          (default dist/; the wheel's path is printed last)
 # No GPU is needed to build, and nothing beyond PyPI is fetched:
 #   - the sources: FA3's hopper/ folder and its CUTLASS headers, as xformers' source
