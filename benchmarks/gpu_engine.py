@@ -248,20 +248,18 @@ class Plan:
 def parse_variants(value: str) -> list[Variant]:
     """'lossless,unpaired@512x512+256x256': variants, each at every --sizes size or at its
     own."""
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    names = [item.partition("@")[0] for item in items]
-    unknown = [name for name in names if name not in VARIANTS]
+    items = [item.strip().partition("@") for item in value.split(",") if item.strip()]
+    unknown = [name for name, _, _ in items if name not in VARIANTS]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}"
         )
     variants = []
-    for name, item in zip(names, items, strict=True):
-        sizes = item.partition("@")[2]
+    for name, _, sizes in items:
         try:
             own = tuple(parse_sizes(sizes.replace("+", ","))) if sizes else ()
         except ValueError as error:
-            raise argparse.ArgumentTypeError(f"variant {item!r}: {error}") from error
+            raise argparse.ArgumentTypeError(f"variant '{name}@{sizes}': {error}") from error
         variants.append(replace(VARIANTS[name], sizes=own))
     return variants
 

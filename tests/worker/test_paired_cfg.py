@@ -128,9 +128,7 @@ def test_other_calls_of_the_transformer_run_as_they_are() -> None:
 )
 def test_fast_modes_that_decide_for_a_whole_batch_keep_the_texts_apart(fast: Levers) -> None:
     pipe = load_pipeline(None, torch.device("cpu"))
-    done = accelerate(
-        pipe, Levers(**{**vars(fast), "paired_cfg_max_pixels": 512 * 512}), allow_cpu=True
-    )
+    done = accelerate(pipe, replace(fast, paired_cfg_max_pixels=512 * 512), allow_cpu=True)
     assert done.batch_coupling is not None and done.paired is None
     assert "paired_cfg" not in done.active
 

@@ -200,9 +200,10 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         return done
     transformer = parts.transformer
     flash3 = on_cuda and levers.attention_backend == "flash3"
-    head_dim = transformer.config.attention_head_dim
-    if flash3 and (reason := flash3_unavailable(parts.device, head_dim)) is not None:
-        raise RuntimeError(f"ATTENTION_BACKEND=flash3: {reason}")
+    if flash3:
+        reason = flash3_unavailable(parts.device, transformer.config.attention_head_dim)
+        if reason is not None:
+            raise RuntimeError(f"ATTENTION_BACKEND=flash3: {reason}")
     if levers.fuse_qkv or levers.real_rope or flash3:
         install_joint_attention(
             transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope, flash3=flash3
