@@ -27,8 +27,9 @@ ALL_VARIANTS = [
     "unpaired",
     "paired-all",
     "complex-rope",
-    "gelu-epilogue",
-    "flash3",
+    "separate-gelu",
+    "cudnn",
+    "cudnn+separate-gelu",
     "fp8",
     "fp8-tensor",
     "fp8-all-blocks",
@@ -113,8 +114,8 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
         assert row["profile"]["attention_backends"]["math"]["tflops"] > 0
         assert row["profile"]["busy_fraction"] > 0 and row["profile"]["wall_s"] > 0
     assert "profile lossless 256x256: " in done.stdout
-    # flash3 profiles its forward too; each size's attention alone is timed once.
-    for row in variant(report, "flash3")["rows"]:
+    # cudnn profiles its forward too; each size's attention alone is timed once.
+    for row in variant(report, "cudnn")["rows"]:
         assert row["profile"]["kinds"]["matmul"]["s"] > 0
         assert "attention_backends" not in row["profile"]
     # FP8 moves the output a little; the step cache reports what it skipped.
@@ -175,11 +176,11 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,flash3@1328x1328+1024x1024,complex-rope@1328x1328+1024x1024,"
-            "gelu-epilogue@1328x1328+1024x1024,unpaired@512x512+256x256,"
-            "paired-all@1328x1328+1024x1024",
+            "lossless,cudnn+separate-gelu@1328x1328+1024x1024+512x512+256x256,"
+            "separate-gelu@512x512+256x256",
             "--no-throughput",
             "--no-queue",
+            "--no-spread",
             "--budget-s",
             "300",
             "--out",
@@ -189,14 +190,11 @@ def test_the_device_runs_flags_parse_into_its_plan(
     large, small = ((1328, 1328), (1024, 1024)), ((512, 512), (256, 256))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
-        ("flash3", large),
-        ("complex-rope", large),
-        ("gelu-epilogue", large),
-        ("unpaired", small),
-        ("paired-all", large),
+        ("cudnn+separate-gelu", large + small),
+        ("separate-gelu", small),
     ]
     assert not plan.throughput and not plan.queue
-    assert plan.probe and plan.profile and plan.spread
+    assert plan.probe and plan.profile and not plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
     # The worker's own warm-up: every served size.

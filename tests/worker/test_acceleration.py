@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from qwen_image_worker.engine.acceleration import (
     Levers,
     accelerate,
     batch_limit,
+    choose_attention_backend,
     relative_error,
 )
 from qwen_image_worker.engine.base import BatchLimit
@@ -36,9 +39,9 @@ def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     levers = Levers.from_settings(WorkerSettings())
-    assert levers.attention_backend == "cudnn"
+    assert levers.attention_backend == "auto"
     assert levers.compile_transformer and levers.fuse_qkv and levers.real_rope
-    assert not levers.gelu_epilogue  # until a GPU run shows it faster
+    assert levers.gelu_epilogue
     assert levers.cuda_graph_max_pixels == levers.paired_cfg_max_pixels == 512 * 512
     assert levers.vae_conv2d and levers.vae_channels_last
     assert not levers.compile_vae
@@ -57,7 +60,7 @@ def test_each_lever_is_read_from_its_environment_variable(
         "COMPILE_MODE": "max-autotune-no-cudagraphs",
         "FUSE_QKV": "false",
         "REAL_ROPE": "false",
-        "GELU_EPILOGUE": "true",
+        "GELU_EPILOGUE": "false",
         "CUDA_GRAPH_MAX_PIXELS": "0",
         "PAIRED_CFG_MAX_PIXELS": "65536",
         "VAE_CONV2D": "false",
@@ -78,7 +81,7 @@ def test_each_lever_is_read_from_its_environment_variable(
         compile_mode="max-autotune-no-cudagraphs",
         fuse_qkv=False,
         real_rope=False,
-        gelu_epilogue=True,
+        gelu_epilogue=False,
         cuda_graph_max_pixels=0,
         paired_cfg_max_pixels=256 * 256,
         vae_conv2d=False,
@@ -166,9 +169,10 @@ def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
     assert done.active == [
         "fuse_qkv",
         "real_rope",
+        "gelu_epilogue",
         "vae_conv2d",
         "vae_channels_last",
-        "attention_cudnn",
+        "attention_cudnn",  # 'auto' without FA3: SDPA, cuDNN first
         "paired_cfg",
     ]
     assert not done.per_shape  # nothing compiles or captures on a CPU
@@ -213,14 +217,20 @@ def warm_up_decodes(engine: Engine) -> tuple[list[tuple[int, int]], list[tuple[i
         handle.remove()
 
 
-def test_flash3_is_a_cuda_lever_and_says_how_to_get_its_kernels() -> None:
+def test_flash3_is_a_cuda_lever_and_says_how_to_get_its_kernels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """This machine has no FA3 wheel and no GPU: a worker asked for FA3 on CUDA would fail at
-    start-up with the reason; on a CPU the lever is off like the other CUDA-only ones, and
-    masked calls keep SDPA's order (cuDNN first) either way."""
+    start-up with the reason, one left at 'auto' runs SDPA and logs why; on a CPU the lever
+    is off like the other CUDA-only ones, and masked calls keep SDPA's order (cuDNN first)
+    either way."""
     assert WorkerSettings(attention_backend="flash3").attention_backend == "flash3"
     reason = flash3_unavailable(torch.device("cpu"), 128)
     assert reason is not None and "tools/fa3/build.sh" in reason
     pipe = load_pipeline(None, torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="qwen_image_worker.engine.acceleration"):
+        assert choose_attention_backend("auto", torch.device("cpu"), pipe.transformer) == "cudnn"
+    assert "not FlashAttention-3" in caplog.text and "tools/fa3/build.sh" in caplog.text
     done = accelerate(pipe, Levers(attention_backend="flash3", fuse_qkv=True), allow_cpu=True)
     assert done.active == ["fuse_qkv", "attention_flash3"]
     processors = list(pipe.transformer.attn_processors.values())

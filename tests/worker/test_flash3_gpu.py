@@ -19,7 +19,12 @@ from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_a
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from qwen_image_worker.engine.acceleration import _SDPA_ORDER, lossless_tolerance, relative_error
+from qwen_image_worker.engine.acceleration import (
+    _SDPA_ORDER,
+    choose_attention_backend,
+    lossless_tolerance,
+    relative_error,
+)
 from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.joint_attention import (
     FLASH3_HEAD_DIM,
@@ -38,8 +43,15 @@ TEXT_DIM = 64
 FA3_KERNEL = "FlashAttnFwdSm90"  # in the name of FA3's Hopper forward kernel
 
 
-def test_the_wheel_is_installed_and_this_gpu_runs_it(cuda: torch.device) -> None:
+def test_the_wheel_is_installed_and_auto_chooses_it_for_qwen_images_head_dim(
+    cuda: torch.device,
+) -> None:
     assert flash3_unavailable(cuda, FLASH3_HEAD_DIM) is None
+    assert choose_attention_backend("auto", cuda, transformer(cuda)) == "flash3"
+    other = random_transformer(1, 2, TEXT_DIM)  # head dim 16: no FA3 kernel for it
+    assert choose_attention_backend("auto", cuda, other) == "cudnn"
+    with pytest.raises(RuntimeError, match="head dim 128"):
+        choose_attention_backend("flash3", cuda, other)
 
 
 def test_flash3_attention_is_as_close_to_the_exact_one_as_cudnn(cuda: torch.device) -> None:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qwen_image_common.logs import LogFormat
 
-AttentionBackend = Literal["cudnn", "flash", "efficient", "default", "flash3"]
+AttentionBackend = Literal["auto", "flash3", "cudnn", "flash", "efficient", "default"]
 CompileMode = Literal["default", "max-autotune-no-cudagraphs"]
 # The sizes the public API serves (DESIGN.md section 2): `size` values and `aspect_ratio`s.
 SERVED_SIZES = "256x256,512x512,1024x1024,1328x1328,1664x928,928x1664,1472x1140,1140x1472"
@@ -75,11 +75,12 @@ class WorkerSettings(BaseSettings):
         "arithmetic. The levers act on CUDA only.",
     )
     attention_backend: AttentionBackend = Field(
-        default="cudnn",
-        description="SDPA kernel tried first in the transformer (the others stay as fallbacks); "
-        "'default' leaves the choice to PyTorch; 'flash3' runs unmasked joint attention through "
-        "FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds) and the rest as "
-        "'cudnn'.",
+        default="auto",
+        description="Attention kernels of the transformer. 'flash3' runs unmasked joint "
+        "attention through FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds) "
+        "and masked calls through SDPA as 'cudnn'; 'auto' is 'flash3' where it can run and "
+        "'cudnn' elsewhere, logging why; 'cudnn', 'flash' and 'efficient' name the SDPA kernel "
+        "tried first (the others stay as fallbacks); 'default' leaves the choice to PyTorch.",
     )
     compile_transformer: bool = Field(
         default=True,
@@ -101,10 +102,9 @@ class WorkerSettings(BaseSettings):
         "COMPILE_TRANSFORMER; run eagerly, the real form launches more kernels.",
     )
     gelu_epilogue: bool = Field(
-        default=False,
+        default=True,
         description="The MLP's GELU computed in the epilogue of its first matmul (cuBLASLt), "
-        "saving a write and a read of the 4x-wide hidden. Off until the GPU benchmark "
-        "(variant gelu-epilogue) shows it faster.",
+        "saving a write and a read of the 4x-wide hidden.",
     )
     cuda_graph_max_pixels: int = Field(
         default=512 * 512,

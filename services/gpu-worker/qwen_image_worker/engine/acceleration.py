@@ -181,6 +181,23 @@ def batch_limit(settings: WorkerSettings, done: Accelerated) -> BatchLimit:
     return limit
 
 
+def choose_attention_backend(
+    requested: AttentionBackend, device: torch.device, transformer: Any
+) -> AttentionBackend:
+    """'auto' is FA3 where it can run and cuDNN-first SDPA elsewhere; an explicit 'flash3'
+    that cannot run on a GPU stops the worker with the reason (on a CPU it is off, like
+    every CUDA-only lever)."""
+    if requested != "auto" and not (requested == "flash3" and device.type == "cuda"):
+        return requested
+    reason = flash3_unavailable(device, transformer.config.attention_head_dim)
+    if reason is None:
+        return "flash3"
+    if requested == "flash3":
+        raise RuntimeError(f"ATTENTION_BACKEND=flash3: {reason}")
+    logger.info("ATTENTION_BACKEND=auto: SDPA with cuDNN first, not FlashAttention-3: %s", reason)
+    return "cudnn"
+
+
 def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = False) -> Accelerated:
     """Pull `levers` on `pipe` in place, after it was moved to its device (see
     `install_joint_attention`).
@@ -189,8 +206,8 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     real RoPE, the GELU epilogue, 2-D VAE convolutions, channels-last, SDPA order, CFG's
     forwards joined, FP8 through the CPU's torch._scaled_mm, the step cache) are pulled and
     the CUDA-only ones (FA3, compile, graphs) skipped. FP8 on a GPU older than Ada or Hopper,
-    and FA3 on a GPU other than Hopper or without its wheel, raise: those settings cannot be
-    honoured there.
+    and an explicit FA3 on a GPU other than Hopper or without its wheel, raise: those
+    settings cannot be honoured there.
     """
     done = Accelerated()
     parts: Any = pipe
@@ -199,11 +216,8 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         logger.info("speed levers off: the model runs on %s", parts.device)
         return done
     transformer = parts.transformer
-    flash3 = on_cuda and levers.attention_backend == "flash3"
-    if flash3:
-        reason = flash3_unavailable(parts.device, transformer.config.attention_head_dim)
-        if reason is not None:
-            raise RuntimeError(f"ATTENTION_BACKEND=flash3: {reason}")
+    backend = choose_attention_backend(levers.attention_backend, parts.device, transformer)
+    flash3 = on_cuda and backend == "flash3"
     if levers.fuse_qkv or levers.real_rope or flash3:
         install_joint_attention(
             transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope, flash3=flash3
@@ -243,12 +257,12 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
         done.active.append("step_cache")
     # The step cache decides on the host between blocks: no graph can hold such a forward.
     graph_pixels = levers.cuda_graph_max_pixels if on_cuda and done.step_cache is None else 0
-    order = _SDPA_ORDER.get(levers.attention_backend)
+    order = _SDPA_ORDER.get(backend)
     if order is not None or graph_pixels > 0:
         done.forward = AcceleratedForward(transformer.forward, order, graph_pixels)
         transformer.forward = done.forward
         if order is not None:
-            done.active.append(f"attention_{levers.attention_backend}")
+            done.active.append(f"attention_{backend}")
         if graph_pixels > 0:
             done.active.append("cuda_graphs")
     # Outside the graphs, so the joined forward is graphed; a fast mode that couples a
