@@ -79,7 +79,7 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
 )
 from qwen_image_worker.engine.base import BatchLimit, ImageSpec
-from qwen_image_worker.engine.demo_model import build_demo_pipeline
+from qwen_image_worker.engine.demo_model import QWEN_IMAGE_SCHEDULER, build_demo_pipeline
 from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
@@ -99,17 +99,6 @@ SPREAD_KERNEL = {"cuda": "efficient", "cpu": "math"}
 PROBE_RUNS = {"cuda": 10, "cpu": 2}
 # Profiled forwards at sizes that ran without a CUDA graph (a graph hides its kernels).
 PROFILE_RUNS = 3
-# Qwen-Image's scheduler (its scheduler/scheduler_config.json).
-SCHEDULER = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 8192,
-    "max_shift": 0.9,
-    "shift": 1.0,
-    "shift_terminal": 0.02,
-    "use_dynamic_shifting": True,
-    "time_shift_type": "exponential",
-}
 TRANSFORMER = {
     "patch_size": 2,
     "in_channels": 64,
@@ -474,7 +463,7 @@ def build_full_pipeline(device: torch.device) -> QwenImagePipeline:
             if param.dim() >= 2:
                 param.mul_(0.5)
     pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -26,6 +28,20 @@ def test_sizes_off_the_16_grid_are_generated_larger_and_cropped_exactly(
     gen_w, gen_h = engine.generation_size(width, height)
     assert gen_w % 16 == 0 and gen_h % 16 == 0
     assert 0 <= gen_w - width < 16 and 0 <= gen_h - height < 16
+
+
+def test_one_step_makes_a_picture_and_more_steps_still_end_at_the_terminal_sigma(
+    engine: Engine,
+) -> None:
+    """Qwen-Image's scheduler stretches its sigmas to end at 0.02; with one step diffusers'
+    stretch divides 0 by 0 (its issue 14411), and the picture would be NaN, cast to black."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value" on a NaN
+        one = np.asarray(engine.generate(spec(num_inference_steps=1), lambda: False))
+    assert one.std() > 1  # a picture, not one flat colour
+    assert engine.pipe.scheduler.config.shift_terminal == 0.02
+    engine.generate(spec(num_inference_steps=2), lambda: False)
+    assert engine.pipe.scheduler.sigmas.tolist() == pytest.approx([1.0, 0.02, 0.0])
 
 
 def test_stop_is_honoured_within_one_step(engine: Engine) -> None:

@@ -25,6 +25,18 @@ _TEXT_HIDDEN = 16
 _TEXT_VOCAB = 320
 _LATENT_CHANNELS = 4
 _HEAD_DIM = 16
+# Qwen-Image's scheduler (its scheduler/scheduler_config.json), so the demo samples the same
+# timesteps as the real model: shifted by image size, stretched to end at 0.02.
+QWEN_IMAGE_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "use_dynamic_shifting": True,
+    "time_shift_type": "exponential",
+}
 
 
 def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
@@ -93,7 +105,7 @@ def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
         )
     )
     pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
