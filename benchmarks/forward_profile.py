@@ -125,42 +125,88 @@ def attention_backends(
     """One block's joint attention (batch 1, no mask) timed alone with each SDPA kernel,
     with FlexAttention (a Triton kernel inductor generates, compiled here for this shape)
     and with FA3 (ATTENTION_BACKEND=flash3): seconds per call and TFLOP/s, or why the kernel
-    could not run. Q, K and V are laid out as diffusers hands them to SDPA: (batch, tokens,
-    heads, head_dim) seen as (batch, heads, tokens, head_dim), a strided view; FA3 takes
-    the (batch, tokens, heads, head_dim) tensors themselves."""
-    heads, head_dim = config.num_attention_heads, config.attention_head_dim
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (
-        torch.randn(1, tokens, heads, head_dim, generator=generator)
-        .to(device, dtype)
-        .permute(0, 2, 1, 3)
-        for _ in range(3)
-    )
-    flops = 4.0 * tokens * tokens * heads * head_dim
+    could not run. FA3 takes Q, K and V in the (batch, tokens, heads, head_dim) layout
+    they are built in, SDPA the (batch, heads, tokens, head_dim) view of them."""
+    q, k, v = _qkv(config, 1, tokens, device, dtype)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     kernels: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {
         name: (partial(sdpa_kernel, [backend]), sdpa) for name, backend in BACKENDS.items()
     }
     kernels["flex"] = (contextlib.nullcontext, _compiled_flex())
     kernels["flash3"] = (contextlib.nullcontext, _flash3)
-    results: dict[str, Any] = {}
-    for name, (context, attention) in kernels.items():
-        try:
-            with context(), torch.inference_mode():
-                attention(q, k, v)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
-                for _ in range(runs):
-                    attention(q, k, v)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-        except Exception as exc:  # a kernel this build, device or shape lacks
-            results[name] = {"error": str(exc).splitlines()[0][:160]}
-            continue
-        seconds = (time.perf_counter() - started) / runs
-        results[name] = {"s": round(seconds, 6), "tflops": float(f"{flops / seconds / 1e12:.4g}")}
+    flops = 4.0 * tokens * tokens * config.num_attention_heads * config.attention_head_dim
+    return {
+        name: _timed(context, partial(attention, q, k, v), flops, device, runs)
+        for name, (context, attention) in kernels.items()
+    }
+
+
+def masked_attention(
+    config: Any,
+    text: int,
+    image: int,
+    padding: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+) -> dict[str, Any]:
+    """One block's joint attention as true CFG's joined forward runs it (batch 2, the second
+    text `padding` tokens shorter and masked there) with each SDPA kernel and with the
+    worker's order (cuDNN first), beside FA3 on the same batch unmasked: what attention
+    without a mask (varlen) could gain at the sizes where CFG's forwards are joined."""
+    tokens = text + image
+    q, k, v = _qkv(config, 2, tokens, device, dtype)
+    mask = torch.ones(2, 1, 1, tokens, dtype=torch.bool, device=device)
+    mask[1, ..., text - padding : text] = False
+    flops = 4.0 * 2 * tokens * tokens * config.num_attention_heads * config.attention_head_dim
+    sdpa = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    contexts = {name: partial(sdpa_kernel, [backend]) for name, backend in BACKENDS.items()}
+    # The worker's order: BACKENDS' order, cuDNN first, each one a fallback for the last.
+    contexts["worker"] = partial(sdpa_kernel, list(BACKENDS.values()), set_priority=True)
+    results = {
+        name: _timed(context, sdpa, flops, device, runs) for name, context in contexts.items()
+    }
+    results["flash3_unmasked"] = _timed(
+        contextlib.nullcontext, partial(_flash3, q, k, v), flops, device, runs
+    )
     return results
+
+
+def _qkv(
+    config: Any, batch: int, tokens: int, device: torch.device, dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """Random Q, K and V laid out as diffusers hands them to SDPA: (batch, tokens, heads,
+    head_dim) seen as (batch, heads, tokens, head_dim), a strided view."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    shape = (batch, tokens, config.num_attention_heads, config.attention_head_dim)
+    return [
+        torch.randn(shape, generator=generator).to(device, dtype).permute(0, 2, 1, 3)
+        for _ in range(3)
+    ]
+
+
+def _timed(
+    context: Callable[[], Any],
+    attention: Callable[[], Any],
+    flops: float,
+    device: torch.device,
+    runs: int,
+) -> dict[str, Any]:
+    """Seconds per call and TFLOP/s of `attention` under `context`, or why it cannot run."""
+    try:
+        with context(), torch.inference_mode():
+            attention()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            for _ in range(runs):
+                attention()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    except Exception as exc:  # a kernel this build, device or shape lacks
+        return {"error": str(exc).splitlines()[0][:160]}
+    seconds = (time.perf_counter() - started) / runs
+    return {"s": round(seconds, 6), "tflops": float(f"{flops / seconds / 1e12:.4g}")}
 
 
 def _flash3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ from diffusers import (
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
-from forward_profile import attention_backends, forward_flops, profile_forward
+from forward_profile import attention_backends, forward_flops, masked_attention, profile_forward
 from PIL import Image
 from report_table import table
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -973,7 +973,8 @@ class Bench:
         }
 
     def probe(self, size: tuple[int, int], step_s: float | None) -> dict[str, Any]:
-        """The transformer forward alone, batch 1 and 2, no mask, equal text lengths."""
+        """The transformer forward alone, batch 1 and 2, no mask, equal text lengths; and one
+        block's attention as CFG's joined forward runs it (masked) with each kernel."""
         transformer = self.pipe.transformer
         runs = PROBE_RUNS[self.plan.device.type]
         result: dict[str, Any] = {"runs": runs}
@@ -990,6 +991,16 @@ class Bench:
         result["batched_cfg_saving_s"] = round(2 * one - two, 5)
         if step_s is not None:
             result["step_minus_two_forwards_s"] = round(step_s - 2 * one, 5)
+        prompt, negative = self.data["text_tokens"]["prompt"], self.data["text_tokens"]["negative"]
+        result["masked_attention"] = masked_attention(
+            transformer.config,
+            max(prompt, negative),
+            kwargs["hidden_states"].shape[1],
+            abs(prompt - negative),
+            self.plan.device,
+            transformer.dtype,
+            runs,
+        )
         log(f"probe {label(size)}: {result}")
         return result
 

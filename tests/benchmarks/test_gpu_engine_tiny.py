@@ -107,6 +107,7 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
                 assert set(row["vs_lossless"]) == {"latents", "pixels", "speedup"}
     probe = variant(report, "lossless")["rows"][0]["probe"]
     assert probe["forward_b1_s"] > 0 and probe["forward_b2_s"] > 0
+    assert probe["masked_attention"]["worker"]["tflops"] > 0
     # No CUDA graph hides the CPU's operators: every lossless row splits its forward.
     for row in variant(report, "lossless")["rows"]:
         kinds = row["profile"]["kinds"]
@@ -176,25 +177,23 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,cudnn+separate-gelu@1328x1328+1024x1024+512x512+256x256,"
-            "separate-gelu@512x512+256x256",
+            "lossless,fp8@1328x1328+1024x1024+512x512,fp8-all-blocks@1328x1328+1024x1024",
             "--no-throughput",
             "--no-queue",
-            "--no-spread",
             "--budget-s",
             "300",
             "--out",
             "x/gpu_engine.json",
         ]
     )
-    large, small = ((1328, 1328), (1024, 1024)), ((512, 512), (256, 256))
+    large = ((1328, 1328), (1024, 1024))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
-        ("cudnn+separate-gelu", large + small),
-        ("separate-gelu", small),
+        ("fp8", (*large, (512, 512))),
+        ("fp8-all-blocks", large),
     ]
     assert not plan.throughput and not plan.queue
-    assert plan.probe and plan.profile and not plan.spread
+    assert plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
     # The worker's own warm-up: every served size.
