@@ -3,13 +3,14 @@
 # Rounds 6 and 7 (benchmarks/results/*round6*, *round7*) made FlashAttention-3 and the GELU
 # epilogue defaults; the lossless goals stay unmet at 1328 and 1024 (22.7 s, 12.5 s against
 # 19 s, 10 s) and just so at 512 (3.55 s against 3.5 s). This run:
-#   GPU tests       all of them (31; round 7 changed the default levers' list and added
-#                   'auto' choosing FA3, which have not run on a GPU)
+#   GPU tests       all of them (32; round 7 changed the default levers' list, added 'auto'
+#                   choosing FA3, and FA3 now also runs masked calls, over used keys)
 #   lossless        the defaults at 1328x1328, 1024x1024, 512x512, 256x256, warmed up at
 #                   every served size; profiled at 1328/1024; probed at 512/256, where the
-#                   probe now also times one block's attention as CFG's joined forward runs
-#                   it, masked, with each SDPA kernel and the worker's order, beside FA3
-#                   unmasked: what varlen FA3 could gain where the goal is closest (512)
+#                   probe also times one block's attention as CFG's joined forward runs it,
+#                   with each SDPA kernel (masked) and with FA3 over used keys
+#   cudnn           at 512/256: all attention through SDPA, what FA3 gains where CFG's
+#                   forwards are joined (masked), where the 3.5 s goal is closest
 #   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the new defaults
 #                   (round 2 measured it before FA3 and the epilogue: 19.6 s at 1328)
 #   fp8-all-blocks  at 1328/1024: the same with the first and last block in FP8 too
@@ -27,19 +28,20 @@
 #
 # Time estimates, from rounds 6 and 7 (the machine started in about 30 s):
 #   wheels install and the import / FA3 check ............................ ~25 s
-#   pytest tests/worker -m gpu: 31 tests (159 s of tests in round 6) ...... ~180 s (cap 200)
+#   pytest tests/worker -m gpu: 32 tests (159 s for 30 in round 6) ....... ~180 s (cap 210)
 #   benchmark, --steps 12:
 #     imports, CUDA start, the 20B random model built .................... ~17 s
 #     stock: warm-up 2 + 12 steps + a spread run, four sizes ............. ~45 s
 #     lossless: warm-up of the 8 served sizes (37 s), 4 rows, probes,
 #       profiles at 1328 and 1024 ........................................ ~100 s
-#     fp8, fp8-all-blocks: build, quantise, warm-up, 2-3 rows ............ ~30 s each
+#     cudnn, fp8, fp8-all-blocks: build, (quantise,) warm-up, 2-3 rows ..... ~30 s each
 set -uo pipefail
 DEADLINE=560  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
-VARIANTS=lossless,fp8@1328x1328+1024x1024+512x512,fp8-all-blocks@1328x1328+1024x1024
+VARIANTS=lossless,cudnn@512x512+256x256,fp8@1328x1328+1024x1024+512x512
+VARIANTS+=,fp8-all-blocks@1328x1328+1024x1024
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -59,7 +61,7 @@ tail -4 "$OUT/env.txt"
 
 left() { echo $((DEADLINE - SECONDS)); }
 
-timeout 200 python3 -m pytest tests/worker -m gpu -q -p no:cacheprovider \
+timeout 210 python3 -m pytest tests/worker -m gpu -q -p no:cacheprovider \
     --junitxml="$OUT/gpu_tests.xml" >"$OUT/gpu_tests.log" 2>&1
 echo "gpu tests: exit $? after ${SECONDS} s"
 

@@ -26,6 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 from torch.profiler import ProfilerActivity, profile
 
+from qwen_image_worker.engine.joint_attention import attention_over_used_keys, flash3_unavailable
+
 # Kernel and operator names, lower-cased, by kind; the first pattern that matches wins.
 # Inductor names a fused kernel after the operators around it (a copy before attention may
 # be "triton_poi_fused__scaled_dot_product_..."), so its prefixes come before attention's;
@@ -151,9 +153,9 @@ def masked_attention(
     runs: int,
 ) -> dict[str, Any]:
     """One block's joint attention as true CFG's joined forward runs it (batch 2, the second
-    text `padding` tokens shorter and masked there) with each SDPA kernel and with the
-    worker's order (cuDNN first), beside FA3 on the same batch unmasked: what attention
-    without a mask (varlen) could gain at the sizes where CFG's forwards are joined."""
+    text `padding` tokens shorter): through SDPA with the padding masked, with each kernel
+    and with the order the worker falls back to without FA3 (cuDNN first, the others
+    behind it), and through FA3 over each element's used keys, as the worker runs it."""
     tokens = text + image
     q, k, v = _qkv(config, 2, tokens, device, dtype)
     mask = torch.ones(2, 1, 1, tokens, dtype=torch.bool, device=device)
@@ -161,15 +163,28 @@ def masked_attention(
     flops = 4.0 * 2 * tokens * tokens * config.num_attention_heads * config.attention_head_dim
     sdpa = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v, attn_mask=mask)
     contexts = {name: partial(sdpa_kernel, [backend]) for name, backend in BACKENDS.items()}
-    # The worker's order: BACKENDS' order, cuDNN first, each one a fallback for the last.
-    contexts["worker"] = partial(sdpa_kernel, list(BACKENDS.values()), set_priority=True)
+    contexts["cudnn_first"] = partial(sdpa_kernel, list(BACKENDS.values()), set_priority=True)
     results = {
         name: _timed(context, sdpa, flops, device, runs) for name, context in contexts.items()
     }
-    results["flash3_unmasked"] = _timed(
-        contextlib.nullcontext, partial(_flash3, q, k, v), flops, device, runs
+    # Image first: the shorter text's padding is then its last keys, which FA3 leaves out.
+    used = torch.tensor([tokens, tokens - padding], dtype=torch.int32, device=device)
+    bshd = [t.transpose(1, 2) for t in (q, k, v)]
+    reason = flash3_unavailable(device, config.attention_head_dim)
+    results["flash3"] = _timed(
+        contextlib.nullcontext,
+        partial(_over_used_keys, reason, *bshd, used),
+        flops,
+        device,
+        runs,
     )
     return results
+
+
+def _over_used_keys(reason: str | None, *args: torch.Tensor) -> torch.Tensor:
+    if reason is not None:
+        raise RuntimeError(reason)
+    return attention_over_used_keys(*args)
 
 
 def _qkv(

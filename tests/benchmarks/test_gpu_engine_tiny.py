@@ -107,7 +107,7 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
                 assert set(row["vs_lossless"]) == {"latents", "pixels", "speedup"}
     probe = variant(report, "lossless")["rows"][0]["probe"]
     assert probe["forward_b1_s"] > 0 and probe["forward_b2_s"] > 0
-    assert probe["masked_attention"]["worker"]["tflops"] > 0
+    assert probe["masked_attention"]["cudnn_first"]["tflops"] > 0
     # No CUDA graph hides the CPU's operators: every lossless row splits its forward.
     for row in variant(report, "lossless")["rows"]:
         kinds = row["profile"]["kinds"]
@@ -177,7 +177,8 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,fp8@1328x1328+1024x1024+512x512,fp8-all-blocks@1328x1328+1024x1024",
+            "lossless,cudnn@512x512+256x256,fp8@1328x1328+1024x1024+512x512,"
+            "fp8-all-blocks@1328x1328+1024x1024",
             "--no-throughput",
             "--no-queue",
             "--budget-s",
@@ -189,6 +190,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
     large = ((1328, 1328), (1024, 1024))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
+        ("cudnn", ((512, 512), (256, 256))),
         ("fp8", (*large, (512, 512))),
         ("fp8-all-blocks", large),
     ]

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import torch
 from diffusers import QwenImageTransformer2DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qwen_image_worker.engine.base import ImageSpec
 from qwen_image_worker.engine.generation import Engine
@@ -118,3 +120,15 @@ def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class OpLog(TorchDispatchMode):
+    """The operators called under it, by name, custom ones included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

@@ -28,6 +28,7 @@ from qwen_image_worker.engine.acceleration import (
 from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
 from qwen_image_worker.engine.joint_attention import (
     FLASH3_HEAD_DIM,
+    attention_over_used_keys,
     flash3_unavailable,
     install_joint_attention,
 )
@@ -41,6 +42,8 @@ TEXT, IMAGE = 77, 4096  # a prompt and 1024x1024
 BF16_ROUNDING = 2**-8
 TEXT_DIM = 64
 FA3_KERNEL = "FlashAttnFwdSm90"  # in the name of FA3's Hopper forward kernel
+VARLEN_KERNEL = "prepare_varlen_num_blocks"  # FA3's scheduler, for seqused_k
+SDPA_KERNELS = ("cudnn", "fmha", "pytorch_flash")  # cuDNN's, efficient's and flash's
 
 
 def test_the_wheel_is_installed_and_auto_chooses_it_for_qwen_images_head_dim(
@@ -102,8 +105,10 @@ def kernels(
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_a_compiled_transformer_with_flash3_matches_stock(cuda: torch.device, masked: bool) -> None:
-    """FA3 takes the unmasked attention only; masked calls (batched prompts, CFG joined) keep
-    SDPA. Compiled as the worker compiles: inductor, dynamic shapes, whole blocks."""
+    """FA3 takes every joint attention: unmasked calls through diffusers' backend, masked
+    ones (batched prompts, CFG joined) over each element's used keys (FA3's varlen path,
+    which launches its scheduler's prepare_varlen kernel), with no SDPA kernel left.
+    Compiled as the worker compiles: inductor, dynamic shapes, whole blocks."""
     stock = transformer(cuda)
     ours = copy.deepcopy(stock)
     install_joint_attention(ours, fuse=True, real_rope=True, flash3=True)
@@ -118,14 +123,39 @@ def test_a_compiled_transformer_with_flash3_matches_stock(cuda: torch.device, ma
             reference = stock(**kwargs)[0]
     finally:
         torch._dynamo.reset()
-    assert (FA3_KERNEL in names) != masked
+    assert FA3_KERNEL in names
+    assert (VARLEN_KERNEL in names) == masked
+    assert not [sdpa for sdpa in SDPA_KERNELS if sdpa in names]
     assert relative_error(out, reference) < lossless_tolerance()
 
 
-def test_a_forward_with_flash3_replays_as_a_cuda_graph(cuda: torch.device) -> None:
+def test_attention_over_used_keys_on_cuda_is_sdpa_with_the_other_keys_masked(
+    cuda: torch.device,
+) -> None:
+    torch.manual_seed(1)
+    shape = (2, TEXT + IMAGE, HEADS, FLASH3_HEAD_DIM)
+    q, k, v = (torch.randn(shape, device=cuda, dtype=torch.bfloat16) for _ in range(3))
+    used = torch.tensor([TEXT + IMAGE, IMAGE + 40], dtype=torch.int32, device=cuda)
+    kept = torch.arange(shape[1], device=cuda)[None, :] < used[:, None]
+    with torch.inference_mode():
+        ours = attention_over_used_keys(q, k, v, used)
+        compiled = torch.compile(attention_over_used_keys, fullgraph=True, dynamic=True)(
+            q, k, v, used
+        )
+        bhsd = [t.transpose(1, 2) for t in (q, k, v)]
+        exact = F.scaled_dot_product_attention(
+            *(t.float() for t in bhsd), attn_mask=kept[:, None, None, :]
+        ).transpose(1, 2)
+    assert ours.shape == shape and ours.dtype == torch.bfloat16
+    assert relative_error(ours, exact) < 2 * BF16_ROUNDING
+    assert torch.equal(compiled, ours)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_forward_with_flash3_replays_as_a_cuda_graph(cuda: torch.device, masked: bool) -> None:
     model = transformer(cuda)
     install_joint_attention(model, fuse=True, real_rope=True, flash3=True)
-    kwargs = inputs(cuda, masked=False)
+    kwargs = inputs(cuda, masked)
     with torch.inference_mode():
         eager = model(**kwargs)[0]
         graphed = AcceleratedForward(model.forward, _SDPA_ORDER["flash3"], 4 * 512 * 512)

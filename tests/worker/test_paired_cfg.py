@@ -23,9 +23,10 @@ from qwen_image_worker.engine.acceleration import (
 from qwen_image_worker.engine.base import BatchLimit
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
 from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.joint_attention import install_joint_attention
 from qwen_image_worker.engine.loading import load_pipeline
 
-from .conftest import spec
+from .conftest import OpLog, spec
 
 T = TypeVar("T")
 PAIRED = Levers(paired_cfg_max_pixels=512 * 512)
@@ -87,6 +88,28 @@ def test_a_batch_of_jobs_joins_its_prompts_and_negative_prompts(plain: Engine) -
     engine, _, batches = counted(PAIRED)
     ours = [picture(image) for image in engine.generate_batch(specs, lambda: False)]
     assert batches == [6, 6, 6]
+    for job, image in zip(specs, ours, strict=True):
+        assert np.abs(image - picture(plain.generate(job, lambda: False))).max() <= 1
+
+
+def test_fa3_over_used_keys_makes_a_batchs_pictures_as_the_masked_attention_does(
+    plain: Engine,
+) -> None:
+    """Batched jobs and joined CFG pad their texts on the right (diffusers' encode_prompt,
+    then paired_cfg.py), which FA3's path for padded batches relies on: it leaves each
+    element's last keys out. FA3's kernel is CUDA's; on the CPU its reference runs, the same
+    function (test_joint_attention.py)."""
+    specs = [
+        JOB,
+        spec(seed=4, prompt="owl", negative_prompt=""),
+        spec(seed=5, prompt="a lighthouse on a rocky coast at dusk, long exposure"),
+    ]
+    engine, _, batches = counted(PAIRED)
+    assert install_joint_attention(engine.pipe.transformer, fuse=True, real_rope=True, flash3=True)
+    with OpLog() as log:
+        ours = [picture(image) for image in engine.generate_batch(specs, lambda: False)]
+    assert batches == [6, 6, 6]
+    assert log.ops.count("qwen_image.attention_over_used_keys.default") == 3  # a step each
     for job, image in zip(specs, ours, strict=True):
         assert np.abs(image - picture(plain.generate(job, lambda: False))).max() <= 1
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds FlashAttention-3 for the worker's ATTENTION_BACKEND=flash3: the Hopper (sm_90a)
+# Builds FlashAttention-3 for the worker (ATTENTION_BACKEND=auto, flash3): the Hopper (sm_90a)
 # forward kernel for bf16 and head dim 128, the one Qwen-Image's joint attention runs, as a
-# wheel `flash_attn_3` (about 340 KB) for one PyTorch version and any newer one.
+# wheel `flash_attn_3` (about 470 KB) for one PyTorch version and any newer one.
 #   tools/fa3/build.sh [OUT_DIR]          (default dist/; the wheel's path is printed last)
 # No GPU is needed to build, and nothing beyond PyPI is fetched:
 #   - the sources: FA3's hopper/ folder and its CUTLASS headers, as xformers' source
@@ -14,7 +14,7 @@
 #   ${QWEN_IMAGE_FA3_CACHE:-${XDG_CACHE_HOME:-~/.cache}/qwen-image-serving/fa3}
 # (sources 30 MB, compiler 270 MB, a PyTorch version's headers and libraries 930 MB), the
 # wheels too: a second run with the same inputs copies the wheel and prints its path.
-# A build takes about 90 s on 2 cores.
+# A build takes about 100 s on 2 cores.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,7 +92,7 @@ fi
 
 # The wheel's build tag is the PyTorch version whose headers it was built with (a version's
 # local label, "+...", would put a '+' in the file name, which some transfers refuse).
-version=3.0.0b1
+version=3.0.0b1.post1  # post1: varlen compiled in
 build_tag="${TORCH_VERSION//./}"
 name="flash_attn_3-$version-$build_tag-cp39-abi3-linux_x86_64.whl"
 summary="FlashAttention-3 forward, bf16, head dim 128, sm_90a, from xformers $xformers_version's \
@@ -107,11 +107,12 @@ if [[ -f "$built" ]]; then
 fi
 
 # Everything Qwen-Image's attention does not use is compiled out: backward, split-KV, paged
-# and appended KV, local windows, softcap, packed GQA, fp16, fp8, varlen, other head dims
-# and Ampere. What is left: flash_fwd_hdim128_bf16_sm90.cu, non-causal and causal, with
-# and without thread-block clusters.
+# and appended KV, local windows, softcap, packed GQA, fp16, fp8, other head dims and
+# Ampere. What is left: flash_fwd_hdim128_bf16_sm90.cu, non-causal and causal, with and
+# without thread-block clusters, with and without varlen (its `seqused_k` runs the joint
+# attention of a batch whose texts are padded: joint_attention.py).
 features=()
-for feature in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 FP8 VARLEN \
+for feature in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 FP8 \
   HDIM64 HDIM96 HDIM192 HDIM256 SM8x HDIMDIFF64 HDIMDIFF192; do
   features+=("-DFLASHATTENTION_DISABLE_$feature")
 done

@@ -76,9 +76,9 @@ class WorkerSettings(BaseSettings):
     )
     attention_backend: AttentionBackend = Field(
         default="auto",
-        description="Attention kernels of the transformer. 'flash3' runs unmasked joint "
-        "attention through FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds) "
-        "and masked calls through SDPA as 'cudnn'; 'auto' is 'flash3' where it can run and "
+        description="Attention kernels of the transformer. 'flash3' runs the joint attention "
+        "through FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds), a batch "
+        "with padded texts over each image's used keys; 'auto' is 'flash3' where it can run and "
         "'cudnn' elsewhere, logging why; 'cudnn', 'flash' and 'efficient' name the SDPA kernel "
         "tried first (the others stay as fallbacks); 'default' leaves the choice to PyTorch.",
     )

@@ -80,7 +80,7 @@ _CUDNN_FIRST = [
 ]
 _SDPA_ORDER: dict[str, list[SDPBackend]] = {
     "cudnn": _CUDNN_FIRST,
-    # FA3 takes the unmasked joint attention (joint_attention.py); SDPA the masked calls.
+    # FA3 takes the joint attention (joint_attention.py); cuDNN first for any other SDPA.
     "flash3": _CUDNN_FIRST,
     "flash": [
         SDPBackend.FLASH_ATTENTION,

@@ -4,9 +4,11 @@ Three levers act here. Fused QKV: one projection matmul per stream instead of th
 RoPE: diffusers rotates Q and K as complex64 numbers, and torch.compile runs a complex
 multiply as separate kernels through fp32 copies of Q and K (three round trips where one
 does); written with real fp32 products it fuses with the RMS norm before it and the
-concatenation after it. FlashAttention-3: the attention itself through FA3's Hopper kernel
-(diffusers' `_flash_3` backend, which takes Q, K and V in the layout built here, with no
-transposes) where no text mask is needed; FA3 takes no mask, so masked calls keep SDPA. All
+concatenation after it. FlashAttention-3: the attention itself through FA3's Hopper kernel,
+which takes Q, K and V in the layout built here, with no transposes: diffusers' `_flash_3`
+backend where no text mask is needed, and where one is (a batch whose texts are padded:
+batched jobs, CFG's two forwards joined), FA3 over each image's used keys (`seqused_k`),
+with the joint sequence ordered image first so that the padding is what it leaves out. All
 three change the order of rounding only (`lossless_tolerance`).
 """
 
@@ -17,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_dispatch import (
     AttentionBackendName,
     dispatch_attention_fn,
@@ -78,11 +81,6 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             raise ValueError("the joint attention needs encoder_hidden_states (text stream)")
         if attention_mask is not None:
             raise ValueError("the joint attention takes no external attention_mask")
-        if encoder_hidden_states_mask is not None:
-            image_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.bool)
-            joint_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)
-            attention_mask = joint_mask[:, None, None, :]
-        seq_txt = encoder_hidden_states.shape[1]
         head_dim = attn.inner_dim // attn.heads
         img_query, img_key, img_value = _project(
             attn, hidden_states, "to_qkv", ("to_q", "to_k", "to_v"), head_dim
@@ -107,34 +105,134 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             rotate_img, rotate_txt = self._rotation(img_freqs), self._rotation(txt_freqs)
             img_query, img_key = rotate_img(img_query), rotate_img(img_key)
             txt_query, txt_key = rotate_txt(txt_query), rotate_txt(txt_key)
-        joint_query = torch.cat([txt_query, img_query], dim=1)
-        joint_key = torch.cat([txt_key, img_key], dim=1)
-        joint_value = torch.cat([txt_value, img_value], dim=1)
+        if self.flash3 and encoder_hidden_states_mask is not None:
+            img_joint, txt_joint = _flash3_over_used_keys(
+                (img_query, img_key, img_value),
+                (txt_query, txt_key, txt_value),
+                encoder_hidden_states_mask,
+            )
+        else:
+            img_joint, txt_joint = self._attention(
+                (img_query, img_key, img_value),
+                (txt_query, txt_key, txt_value),
+                encoder_hidden_states_mask,
+            )
+        img_out = attn.to_out[0](img_joint.flatten(2, 3).contiguous())
+        if len(attn.to_out) > 1:
+            img_out = attn.to_out[1](img_out)
+        txt_out = attn.to_add_out(txt_joint.flatten(2, 3).contiguous())
+        return img_out, txt_out
+
+    def _attention(
+        self,
+        img: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        txt: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """diffusers' joint attention, [text, image]: through FA3 where `flash3` and no
+        text is padded, else SDPA with the padding masked."""
+        seq_txt = txt[0].shape[1]
+        attention_mask = None
+        if text_mask is not None:
+            image_mask = img[0].new_ones(img[0].shape[:2], dtype=torch.bool)
+            attention_mask = torch.cat([text_mask, image_mask], dim=1)[:, None, None, :]
         backend = self._attention_backend
         if self.flash3 and attention_mask is None:
             backend = AttentionBackendName._FLASH_3
+        query, key, value = (torch.cat([t, i], dim=1) for t, i in zip(txt, img, strict=True))
         joint = dispatch_attention_fn(
-            joint_query,
-            joint_key,
-            joint_value,
+            query,
+            key,
+            value,
             attn_mask=attention_mask,
             dropout_p=0.0,
             is_causal=False,
             backend=backend,
             parallel_config=self._parallel_config,
-        )
-        joint = joint.flatten(2, 3).to(joint_query.dtype)
-        img_out = attn.to_out[0](joint[:, seq_txt:, :].contiguous())
-        if len(attn.to_out) > 1:
-            img_out = attn.to_out[1](img_out)
-        txt_out = attn.to_add_out(joint[:, :seq_txt, :].contiguous())
-        return img_out, txt_out
+        ).to(query.dtype)
+        return joint[:, seq_txt:], joint[:, :seq_txt]
 
     def _rotation(self, freqs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """RoPE by one stream's freqs, for its Q and its K."""
         if self.real_rope:
             return partial(rotate, factors=rotary_factors(freqs))
         return partial(apply_rotary_emb_qwen, freqs_cis=freqs, use_real=False)
+
+
+def _flash3_over_used_keys(
+    img: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    txt: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    text_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The joint attention of a batch whose texts are padded (on the right, as diffusers'
+    `encode_prompt` and the engine pad them), ordered [image, text] so that each element's
+    padding is its last keys: FA3 attends over the first image + text-length keys of each,
+    which is what SDPA's key mask computes, without a mask."""
+    seq_img = img[0].shape[1]
+    used = (text_mask.sum(dim=1) + seq_img).to(torch.int32)
+    query, key, value = (torch.cat([i, t], dim=1) for i, t in zip(img, txt, strict=True))
+    joint = attention_over_used_keys(query, key, value, used)
+    return joint[:, :seq_img], joint[:, seq_img:]
+
+
+@torch.library.custom_op("qwen_image::attention_over_used_keys", mutates_args=())
+def attention_over_used_keys(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, used: torch.Tensor
+) -> torch.Tensor:
+    """Attention of every query of batch element b over its first `used[b]` keys; Q, K and V
+    are (batch, tokens, heads, head_dim). On CUDA FA3 computes it (`seqused_k`); this, the
+    reference on any other device, is SDPA with the other keys masked."""
+    kept = torch.arange(key.shape[1], device=key.device)[None, :] < used[:, None]
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=kept[:, None, None, :],
+    )
+    return out.transpose(1, 2).contiguous()
+
+
+@attention_over_used_keys.register_kernel("cuda")
+def _flash3_attention_over_used_keys(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, used: torch.Tensor
+) -> torch.Tensor:
+    from flash_attn_interface import _flash_attn_forward
+
+    out, *_ = _flash_attn_forward(
+        q=query,
+        k=key,
+        v=value,
+        k_new=None,
+        v_new=None,
+        qv=None,
+        out=None,
+        cu_seqlens_q=None,
+        cu_seqlens_k=None,
+        cu_seqlens_k_new=None,
+        seqused_q=None,
+        seqused_k=used,
+        max_seqlen_q=None,
+        max_seqlen_k=None,
+        page_table=None,
+        kv_batch_idx=None,
+        leftpad_k=None,
+        rotary_cos=None,
+        rotary_sin=None,
+        seqlens_rotary=None,
+        q_descale=None,
+        k_descale=None,
+        v_descale=None,
+        softmax_scale=query.shape[-1] ** -0.5,
+        causal=False,
+    )
+    return out
+
+
+@attention_over_used_keys.register_fake
+def _attention_over_used_keys_shape(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, used: torch.Tensor
+) -> torch.Tensor:
+    return query.new_empty(query.shape)
 
 
 def _project(
