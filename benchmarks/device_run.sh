@@ -3,14 +3,14 @@
 # Rounds 6 and 7 (benchmarks/results/*round6*, *round7*) made FlashAttention-3 and the GELU
 # epilogue defaults; the lossless goals stay unmet at 1328 and 1024 (22.7 s, 12.5 s against
 # 19 s, 10 s) and just so at 512 (3.55 s against 3.5 s). This run:
-#   GPU tests       all of them (32; round 7 changed the default levers' list, added 'auto'
-#                   choosing FA3, and FA3 now also runs masked calls, over used keys)
+#   GPU tests       all of them (33; round 7 changed the default levers' list, added 'auto'
+#                   choosing FA3, and FA3 can now run masked calls too, over used keys)
 #   lossless        the defaults at 1328x1328, 1024x1024, 512x512, 256x256, warmed up at
 #                   every served size; profiled at 1328/1024; probed at 512/256, where the
 #                   probe also times one block's attention as CFG's joined forward runs it,
 #                   with each SDPA kernel (masked) and with FA3 over used keys
-#   cudnn           at 512/256: all attention through SDPA, what FA3 gains where CFG's
-#                   forwards are joined (masked), where the 3.5 s goal is closest
+#   flash3-padded   at 512/256: FLASH3_PADDED_BATCHES, the masked calls (CFG's forwards
+#                   joined) through FA3 over used keys: where the 3.5 s goal is closest
 #   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the new defaults
 #                   (round 2 measured it before FA3 and the epilogue: 19.6 s at 1328)
 #   fp8-all-blocks  at 1328/1024: the same with the first and last block in FP8 too
@@ -28,20 +28,20 @@
 #
 # Time estimates, from rounds 6 and 7 (the machine started in about 30 s):
 #   wheels install and the import / FA3 check ............................ ~25 s
-#   pytest tests/worker -m gpu: 32 tests (159 s for 30 in round 6) ....... ~200 s (cap 240)
+#   pytest tests/worker -m gpu: 33 tests (159 s for 30 in round 6) ....... ~200 s (cap 240)
 #     (round 6: 30 passed in 159 s, and pytest's start and exit ran into the 180 s cap)
 #   benchmark, --steps 12:
 #     imports, CUDA start, the 20B random model built .................... ~17 s
 #     stock: warm-up 2 + 12 steps + a spread run, four sizes ............. ~45 s
 #     lossless: warm-up of the 8 served sizes (37 s), 4 rows, probes,
 #       profiles at 1328 and 1024 ........................................ ~100 s
-#     cudnn, fp8, fp8-all-blocks: build, (quantise,) warm-up, 2-3 rows ..... ~30 s each
+#     flash3-padded, fp8, fp8-all-blocks: build, (quantise,) warm-up, rows . ~30 s each
 set -uo pipefail
 DEADLINE=560  # seconds after start by which everything must have ended
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_LOGS=recompiles
-VARIANTS=lossless,cudnn@512x512+256x256,fp8@1328x1328+1024x1024+512x512
+VARIANTS=lossless,flash3-padded@512x512+256x256,fp8@1328x1328+1024x1024+512x512
 VARIANTS+=,fp8-all-blocks@1328x1328+1024x1024
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

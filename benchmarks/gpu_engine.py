@@ -167,6 +167,12 @@ VARIANTS = {
             profiled=True,
         ),
         Variant(
+            "flash3-padded",
+            {"flash3_padded_batches": True},
+            True,
+            "the defaults with the masked calls (a padded text) through FA3 over used keys",
+        ),
+        Variant(
             "cudnn+separate-gelu",
             {"attention_backend": "cudnn", "gelu_epilogue": False},
             True,

@@ -29,6 +29,7 @@ ALL_VARIANTS = [
     "complex-rope",
     "separate-gelu",
     "cudnn",
+    "flash3-padded",
     "cudnn+separate-gelu",
     "fp8",
     "fp8-tensor",
@@ -177,7 +178,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,cudnn@512x512+256x256,fp8@1328x1328+1024x1024+512x512,"
+            "lossless,flash3-padded@512x512+256x256,fp8@1328x1328+1024x1024+512x512,"
             "fp8-all-blocks@1328x1328+1024x1024",
             "--no-throughput",
             "--no-queue",
@@ -190,7 +191,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
     large = ((1328, 1328), (1024, 1024))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
-        ("cudnn", ((512, 512), (256, 256))),
+        ("flash3-padded", ((512, 512), (256, 256))),
         ("fp8", (*large, (512, 512))),
         ("fp8-all-blocks", large),
     ]

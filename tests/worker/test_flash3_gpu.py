@@ -103,15 +103,17 @@ def kernels(
     return out, " ".join(event.name for event in prof.events())
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_a_compiled_transformer_with_flash3_matches_stock(cuda: torch.device, masked: bool) -> None:
-    """FA3 takes every joint attention: unmasked calls through diffusers' backend, masked
-    ones (batched prompts, CFG joined) over each element's used keys (FA3's varlen path,
-    which launches its scheduler's prepare_varlen kernel), with no SDPA kernel left.
+@pytest.mark.parametrize(("masked", "padded"), [(False, False), (True, False), (True, True)])
+def test_a_compiled_transformer_with_flash3_matches_stock(
+    cuda: torch.device, masked: bool, padded: bool
+) -> None:
+    """FA3 takes the unmasked joint attention through diffusers' backend; masked calls
+    (batched prompts, CFG joined) run SDPA, or with `flash3_padded` FA3 over each element's
+    used keys (FA3's varlen path, which launches its scheduler's prepare_varlen kernel).
     Compiled as the worker compiles: inductor, dynamic shapes, whole blocks."""
     stock = transformer(cuda)
     ours = copy.deepcopy(stock)
-    install_joint_attention(ours, fuse=True, real_rope=True, flash3=True)
+    install_joint_attention(ours, fuse=True, real_rope=True, flash3=True, flash3_padded=padded)
     ours.compile_repeated_blocks(fullgraph=True, dynamic=True)
     kwargs = inputs(cuda, masked)
     try:
@@ -123,9 +125,9 @@ def test_a_compiled_transformer_with_flash3_matches_stock(cuda: torch.device, ma
             reference = stock(**kwargs)[0]
     finally:
         torch._dynamo.reset()
-    assert FA3_KERNEL in names
-    assert (VARLEN_KERNEL in names) == masked
-    assert not [sdpa for sdpa in SDPA_KERNELS if sdpa in names]
+    assert (FA3_KERNEL in names) == (padded or not masked)
+    assert (VARLEN_KERNEL in names) == padded
+    assert bool([sdpa for sdpa in SDPA_KERNELS if sdpa in names]) == (masked and not padded)
     assert relative_error(out, reference) < lossless_tolerance()
 
 
@@ -154,7 +156,7 @@ def test_attention_over_used_keys_on_cuda_is_sdpa_with_the_other_keys_masked(
 @pytest.mark.parametrize("masked", [False, True])
 def test_a_forward_with_flash3_replays_as_a_cuda_graph(cuda: torch.device, masked: bool) -> None:
     model = transformer(cuda)
-    install_joint_attention(model, fuse=True, real_rope=True, flash3=True)
+    install_joint_attention(model, fuse=True, real_rope=True, flash3=True, flash3_padded=masked)
     kwargs = inputs(cuda, masked)
     with torch.inference_mode():
         eager = model(**kwargs)[0]

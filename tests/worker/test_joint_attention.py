@@ -74,26 +74,31 @@ def test_attention_over_used_keys_is_each_elements_attention_over_its_first_keys
     assert relative_error(out[1], attention_over_used_keys(query, key, value, used + 5)[1]) > 0.01
 
 
-def test_with_flash3_a_padded_batch_runs_image_first_over_used_keys() -> None:
-    """FA3 takes no mask: a batch with a padded text runs as each element's attention over
-    its used keys, the image's first (`attention_over_used_keys`; here its reference, on
-    CUDA FA3's kernel, which test_flash3_gpu.py checks against SDPA), eager and compiled.
-    Unpadded calls keep diffusers' FA3 backend, which has no CPU kernel: not called here."""
+@pytest.mark.parametrize("padded", [True, False])
+def test_with_flash3_a_padded_batch_runs_image_first_over_used_keys(padded: bool) -> None:
+    """FA3 takes no mask: with `flash3_padded`, a batch with a padded text runs as each
+    element's attention over its used keys, the image's first (`attention_over_used_keys`;
+    here its reference, on CUDA FA3's kernel, which test_flash3_gpu.py checks against SDPA),
+    eager and compiled; without, SDPA with the mask. Unpadded calls keep diffusers' FA3
+    backend, which has no CPU kernel: not called here."""
     transformer = random_transformer(layers=2, heads=3, text_dim=16)
     inputs = forward_inputs(8, 8, 7, text_dim=16)
     mask = torch.ones(2, 7)
     mask[0, 5:] = 0  # a batch of a short and a long prompt
     with torch.no_grad():
         stock = transformer(**inputs, encoder_hidden_states_mask=mask)[0]
-        install_joint_attention(transformer, fuse=True, real_rope=True, flash3=True)
+        install_joint_attention(
+            transformer, fuse=True, real_rope=True, flash3=True, flash3_padded=padded
+        )
         with OpLog() as log:
             ours = transformer(**inputs, encoder_hidden_states_mask=mask)[0]
-    assert log.ops.count("qwen_image.attention_over_used_keys.default") == 2  # one a block
-    assert not [op for op in log.ops if "scaled_dot_product" in op]
+    used_keys = log.ops.count("qwen_image.attention_over_used_keys.default")
+    sdpa = [op for op in log.ops if "scaled_dot_product" in op]
+    assert (used_keys, bool(sdpa)) == ((2, False) if padded else (0, True))  # one a block
     assert relative_error(ours, stock) < 1e-6
     calls, compiled = traced_calls(transformer, inputs | {"encoder_hidden_states_mask": mask})
-    assert "qwen_image.attention_over_used_keys.default" in calls  # one graph, both blocks
-    assert not [call for call in calls if "scaled_dot_product" in call]
+    assert ("qwen_image.attention_over_used_keys.default" in calls) == padded
+    assert bool([call for call in calls if "scaled_dot_product" in call]) != padded
     assert relative_error(compiled, stock) < 1e-6
 
 

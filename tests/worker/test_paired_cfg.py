@@ -105,7 +105,9 @@ def test_fa3_over_used_keys_makes_a_batchs_pictures_as_the_masked_attention_does
         spec(seed=5, prompt="a lighthouse on a rocky coast at dusk, long exposure"),
     ]
     engine, _, batches = counted(PAIRED)
-    assert install_joint_attention(engine.pipe.transformer, fuse=True, real_rope=True, flash3=True)
+    assert install_joint_attention(
+        engine.pipe.transformer, fuse=True, real_rope=True, flash3=True, flash3_padded=True
+    )
     with OpLog() as log:
         ours = [picture(image) for image in engine.generate_batch(specs, lambda: False)]
     assert batches == [6, 6, 6]

@@ -77,10 +77,18 @@ class WorkerSettings(BaseSettings):
     attention_backend: AttentionBackend = Field(
         default="auto",
         description="Attention kernels of the transformer. 'flash3' runs the joint attention "
-        "through FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds), a batch "
-        "with padded texts over each image's used keys; 'auto' is 'flash3' where it can run and "
+        "without a text mask through FlashAttention-3 (Hopper only; the wheel "
+        "tools/fa3/build.sh builds) and masked calls as 'cudnn'; 'auto' is 'flash3' where it "
+        "can run and "
         "'cudnn' elsewhere, logging why; 'cudnn', 'flash' and 'efficient' name the SDPA kernel "
         "tried first (the others stay as fallbacks); 'default' leaves the choice to PyTorch.",
+    )
+    flash3_padded_batches: bool = Field(
+        default=False,
+        description="With FlashAttention-3 (ATTENTION_BACKEND auto or flash3), also the calls "
+        "that need a text mask (batched jobs, CFG's two forwards joined: a padded text), as "
+        "each image's attention over its used keys. Off until a GPU run measures it (variant "
+        "flash3-padded).",
     )
     compile_transformer: bool = Field(
         default=True,

@@ -102,6 +102,7 @@ class Levers:
     """Which levers to pull; `from_settings` reads them, `off()` is stock diffusers."""
 
     attention_backend: AttentionBackend = "default"
+    flash3_padded_batches: bool = False
     compile_transformer: bool = False
     compile_mode: CompileMode = "default"
     fuse_qkv: bool = False
@@ -123,6 +124,7 @@ class Levers:
             return cls.off()
         return cls(
             attention_backend=settings.attention_backend,
+            flash3_padded_batches=settings.flash3_padded_batches,
             compile_transformer=settings.compile_transformer,
             compile_mode=settings.compile_mode,
             fuse_qkv=settings.fuse_qkv,
@@ -218,11 +220,18 @@ def accelerate(pipe: QwenImagePipeline, levers: Levers, *, allow_cpu: bool = Fal
     transformer = parts.transformer
     backend = choose_attention_backend(levers.attention_backend, parts.device, transformer)
     flash3 = on_cuda and backend == "flash3"
+    flash3_padded = flash3 and levers.flash3_padded_batches
     if levers.fuse_qkv or levers.real_rope or flash3:
         install_joint_attention(
-            transformer, fuse=levers.fuse_qkv, real_rope=levers.real_rope, flash3=flash3
+            transformer,
+            fuse=levers.fuse_qkv,
+            real_rope=levers.real_rope,
+            flash3=flash3,
+            flash3_padded=flash3_padded,
         )
         done.active += [name for name in ("fuse_qkv", "real_rope") if getattr(levers, name)]
+        if flash3_padded:
+            done.active.append("flash3_padded_batches")
     if levers.fp8_matmuls:
         capability = torch.cuda.get_device_capability(parts.device) if on_cuda else None
         if capability is not None and capability < _FP8_CAPABILITY:

@@ -6,10 +6,11 @@ multiply as separate kernels through fp32 copies of Q and K (three round trips w
 does); written with real fp32 products it fuses with the RMS norm before it and the
 concatenation after it. FlashAttention-3: the attention itself through FA3's Hopper kernel,
 which takes Q, K and V in the layout built here, with no transposes: diffusers' `_flash_3`
-backend where no text mask is needed, and where one is (a batch whose texts are padded:
-batched jobs, CFG's two forwards joined), FA3 over each image's used keys (`seqused_k`),
-with the joint sequence ordered image first so that the padding is what it leaves out. All
-three change the order of rounding only (`lossless_tolerance`).
+backend where no text mask is needed, and, with `flash3_padded`, where one is (a batch whose
+texts are padded: batched jobs, CFG's two forwards joined), FA3 over each image's used keys
+(`seqused_k`), the joint sequence ordered image first so that the padding is what it leaves
+out; else SDPA with a mask. All three change the order of rounding only
+(`lossless_tolerance`).
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ def rotate(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor]) -> torch
 class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
     """diffusers' `QwenDoubleStreamAttnProcessor2_0.__call__` (0.42), step for step, with
     the projections taken fused where `fuse_qkv` fused them, RoPE in real arithmetic
-    where `real_rope` asks for it, and unmasked attention through FA3 where `flash3` does."""
+    where `real_rope` asks for it, unmasked attention through FA3 where `flash3` does, and
+    masked attention through FA3 over used keys where `flash3_padded` does too."""
 
-    def __init__(self, real_rope: bool, flash3: bool = False) -> None:
+    def __init__(self, real_rope: bool, flash3: bool = False, flash3_padded: bool = False) -> None:
         super().__init__()
         self.real_rope = real_rope
         self.flash3 = flash3
+        self.flash3_padded = flash3 and flash3_padded
 
     def __call__(
         self,
@@ -105,7 +108,7 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             rotate_img, rotate_txt = self._rotation(img_freqs), self._rotation(txt_freqs)
             img_query, img_key = rotate_img(img_query), rotate_img(img_key)
             txt_query, txt_key = rotate_txt(txt_query), rotate_txt(txt_key)
-        if self.flash3 and encoder_hidden_states_mask is not None:
+        if self.flash3_padded and encoder_hidden_states_mask is not None:
             img_joint, txt_joint = _flash3_over_used_keys(
                 (img_query, img_key, img_value),
                 (txt_query, txt_key, txt_value),
@@ -278,7 +281,12 @@ def flash3_unavailable(device: torch.device, head_dim: int) -> str | None:
 
 
 def install_joint_attention(
-    transformer: nn.Module, *, fuse: bool, real_rope: bool, flash3: bool = False
+    transformer: nn.Module,
+    *,
+    fuse: bool,
+    real_rope: bool,
+    flash3: bool = False,
+    flash3_padded: bool = False,
 ) -> int:
     """Give every joint attention of `transformer` this module's processor, with its Q|K|V
     projections fused first if `fuse`; returns how many attentions it changed.
@@ -296,7 +304,7 @@ def install_joint_attention(
             module.to_added_qkv = _fuse_linears(
                 [module.add_q_proj, module.add_k_proj, module.add_v_proj]
             )
-        module.set_processor(JointAttnProcessor(real_rope, flash3))
+        module.set_processor(JointAttnProcessor(real_rope, flash3, flash3_padded))
         changed += 1
     return changed
 
