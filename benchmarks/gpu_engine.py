@@ -173,6 +173,12 @@ VARIANTS = {
             "the defaults with the masked calls (a padded text) through FA3 over used keys",
         ),
         Variant(
+            "flash3-padded+paired-all",
+            {"flash3_padded_batches": True, "paired_cfg_max_pixels": 2048 * 2048},
+            True,
+            "CFG's two forwards joined at every size, their padded text through FA3",
+        ),
+        Variant(
             "cudnn+separate-gelu",
             {"attention_backend": "cudnn", "gelu_epilogue": False},
             True,

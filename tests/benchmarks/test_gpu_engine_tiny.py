@@ -30,6 +30,7 @@ ALL_VARIANTS = [
     "separate-gelu",
     "cudnn",
     "flash3-padded",
+    "flash3-padded+paired-all",
     "cudnn+separate-gelu",
     "fp8",
     "fp8-tensor",
@@ -179,7 +180,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
             "lossless,flash3-padded@512x512+256x256,fp8@1328x1328+1024x1024+512x512,"
-            "fp8-all-blocks@1328x1328+1024x1024",
+            "fp8-all-blocks@1328x1328+1024x1024,flash3-padded+paired-all@1328x1328+1024x1024",
             "--no-throughput",
             "--no-queue",
             "--budget-s",
@@ -194,6 +195,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
         ("flash3-padded", ((512, 512), (256, 256))),
         ("fp8", (*large, (512, 512))),
         ("fp8-all-blocks", large),
+        ("flash3-padded+paired-all", large),
     ]
     assert not plan.throughput and not plan.queue
     assert plan.probe and plan.profile and plan.spread
