@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
-from diffusers import QwenImagePipeline, SchedulerMixin
+from diffusers import QwenImagePipeline
 from PIL import Image
 
 from qwen_image_worker.engine.base import (
@@ -24,6 +24,7 @@ from qwen_image_worker.engine.base import (
     common_shape,
 )
 from qwen_image_worker.engine.paired_cfg import PairedGuidance
+from qwen_image_worker.engine.scheduler import single_step_safe
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Engine:
         pipe.tokenizer.padding_side = "right"
         forward = pipe.transformer.forward
         self._paired = forward if isinstance(forward, PairedGuidance) else None
-        self._one_step_scheduler = one_step_scheduler(pipe.scheduler)
+        pipe.scheduler = single_step_safe(pipe.scheduler)
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """The pipeline makes only multiples of 16: generate the next larger one and crop."""
@@ -86,9 +87,6 @@ class Engine:
             monitor.step_done()
             return kwargs
 
-        scheduler = self.pipe.scheduler
-        if shape.num_inference_steps == 1 and self._one_step_scheduler is not None:
-            self.pipe.scheduler = self._one_step_scheduler
         try:
             result = self.pipe(
                 prompt=[spec.prompt for spec in specs],
@@ -108,8 +106,6 @@ class Engine:
             # step cache's per-branch state): reset here, so the next image starts clean.
             self.pipe.maybe_free_model_hooks()
             raise
-        finally:
-            self.pipe.scheduler = scheduler
         return [center_crop(image, shape.width, shape.height) for image in result.images]
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
@@ -156,16 +152,6 @@ class Engine:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def one_step_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin | None:
-    """`scheduler` without the stretch of its sigmas to `shift_terminal`, or None if it has
-    none. Qwen-Image's stretch (to 0.02) divides by 1 - the last sigma, which is 0 when the
-    only sigma is the first, 1: one step would make a NaN latent and a black image (diffusers
-    issue 14411). One step goes from pure noise straight to 0."""
-    if not scheduler.config.get("shift_terminal"):
-        return None
-    return type(scheduler).from_config(scheduler.config, shift_terminal=None)
 
 
 def center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
