@@ -80,7 +80,8 @@ _CUDNN_FIRST = [
 ]
 _SDPA_ORDER: dict[str, list[SDPBackend]] = {
     "cudnn": _CUDNN_FIRST,
-    # FA3 takes the joint attention (joint_attention.py); cuDNN first for any other SDPA.
+    # FA3 takes the unmasked joint attention (joint_attention.py), and the masked with
+    # FLASH3_PADDED_BATCHES; SDPA, cuDNN first, what is left.
     "flash3": _CUDNN_FIRST,
     "flash": [
         SDPBackend.FLASH_ATTENTION,
