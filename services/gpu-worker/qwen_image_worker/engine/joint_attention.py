@@ -32,6 +32,9 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from diffusers.utils import is_flash_attn_3_available
 from torch import nn
 
+if is_flash_attn_3_available():  # FA3's wheel, which tools/fa3/build.sh builds
+    from flash_attn_interface import _flash_attn_forward
+
 
 def apply_rotary_emb_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """`apply_rotary_emb_qwen(x, freqs, use_real=False)` without complex tensors.
@@ -69,7 +72,7 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
         super().__init__()
         self.real_rope = real_rope
         self.flash3 = flash3
-        self.flash3_padded = flash3 and flash3_padded
+        self.flash3_padded = flash3_padded
 
     def __call__(
         self,
@@ -199,8 +202,6 @@ def attention_over_used_keys(
 def _flash3_attention_over_used_keys(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, used: torch.Tensor
 ) -> torch.Tensor:
-    from flash_attn_interface import _flash_attn_forward
-
     out, *_ = _flash_attn_forward(
         q=query,
         k=key,
