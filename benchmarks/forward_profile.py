@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
-from diffusers.utils import is_flash_attn_3_available
 from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
@@ -135,7 +134,8 @@ def attention_backends(
         name: (partial(sdpa_kernel, [backend]), sdpa) for name, backend in BACKENDS.items()
     }
     kernels["flex"] = (contextlib.nullcontext, _compiled_flex())
-    kernels["flash3"] = (contextlib.nullcontext, _flash3)
+    reason = flash3_unavailable(device, config.attention_head_dim)
+    kernels["flash3"] = (contextlib.nullcontext, partial(_unless, reason, _flash3))
     flops = 4.0 * tokens * tokens * config.num_attention_heads * config.attention_head_dim
     return {
         name: _timed(context, partial(attention, q, k, v), flops, device, runs)
@@ -173,7 +173,7 @@ def masked_attention(
     reason = flash3_unavailable(device, config.attention_head_dim)
     results["flash3"] = _timed(
         contextlib.nullcontext,
-        partial(_over_used_keys, reason, *bshd, used),
+        partial(_unless, reason, attention_over_used_keys, *bshd, used),
         flops,
         device,
         runs,
@@ -181,10 +181,11 @@ def masked_attention(
     return results
 
 
-def _over_used_keys(reason: str | None, *args: torch.Tensor) -> torch.Tensor:
+def _unless(reason: str | None, attention: Callable[..., Any], *args: torch.Tensor) -> Any:
+    """`attention(*args)`, or where FA3 cannot run here (`flash3_unavailable`), why not."""
     if reason is not None:
         raise RuntimeError(reason)
-    return attention_over_used_keys(*args)
+    return attention(*args)
 
 
 def _qkv(
@@ -225,8 +226,6 @@ def _timed(
 
 
 def _flash3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    if not is_flash_attn_3_available():
-        raise RuntimeError("flash_attn_3 is not installed (tools/fa3/build.sh builds it)")
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     return dispatch_attention_fn(q, k, v, backend=AttentionBackendName._FLASH_3)
 

@@ -182,7 +182,7 @@ VARIANTS = {
             "cudnn+separate-gelu",
             {"attention_backend": "cudnn", "gelu_epilogue": False},
             True,
-            "the defaults before round 6: SDPA cuDNN-first, the GELU as its own kernel",
+            "the defaults before round 7: SDPA cuDNN-first, the GELU as its own kernel",
         ),
         Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
         Variant(
