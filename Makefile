@@ -43,7 +43,7 @@ k8s-binaries:
 	tools/k8s/build.sh
 
 # FlashAttention-3 for ATTENTION_BACKEND=auto/flash3, built against this venv's PyTorch with nvcc
-# from PyPI (about 90 s the first time; cached in ~/.cache/qwen-image-serving/fa3). Its
+# from PyPI (about 100 s the first time; cached in ~/.cache/qwen-image-serving/fa3). Its
 # kernels need a Hopper GPU; the tests check that it installs and loads here.
 fa3-wheel: install
 	PYTHON=$(PY) tools/fa3/build.sh build/fa3

@@ -3,7 +3,7 @@ loads it (FA3 is built against PyTorch's stable C ABI, with another version's he
 device machine), its operators are registered, and diffusers and the worker see it. Its
 kernels need a Hopper GPU: tests/worker/test_flash3_gpu.py runs them there.
 
-`make test` builds the wheel first (`make fa3-wheel`: nvcc from PyPI, about 90 s, once per
+`make test` builds the wheel first (`make fa3-wheel`: nvcc from PyPI, about 100 s, once per
 machine); here build.sh only copies it out of its cache, with no network.
 """
 
