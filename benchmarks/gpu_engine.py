@@ -167,16 +167,11 @@ VARIANTS = {
             profiled=True,
         ),
         Variant(
-            "flash3-padded",
-            {"flash3_padded_batches": True},
+            "sdpa-padded",
+            {"flash3_padded_batches": False},
             True,
-            "the defaults with the masked calls (a padded text) through FA3 over used keys",
-        ),
-        Variant(
-            "flash3-padded+paired-all",
-            {"flash3_padded_batches": True, "paired_cfg_max_pixels": 2048 * 2048},
-            True,
-            "CFG's two forwards joined at every size, their padded text through FA3",
+            "the defaults with the masked calls (a padded text) through SDPA's mask, cuDNN "
+            "first, not FA3 over used keys (the default before round 8)",
         ),
         Variant(
             "cudnn+separate-gelu",

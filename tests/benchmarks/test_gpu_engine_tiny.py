@@ -29,8 +29,7 @@ ALL_VARIANTS = [
     "complex-rope",
     "separate-gelu",
     "cudnn",
-    "flash3-padded",
-    "flash3-padded+paired-all",
+    "sdpa-padded",
     "cudnn+separate-gelu",
     "fp8",
     "fp8-tensor",
@@ -171,6 +170,9 @@ def test_the_device_runs_flags_parse_into_its_plan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The flags benchmarks/device_run.sh passes."""
+    variants = "lossless,sdpa-padded@512x512+256x256,fp8@1328x1328+1024x1024+512x512"
+    script = (ROOT / "benchmarks" / "device_run.sh").read_text()
+    assert f"VARIANTS={variants}\n" in script and "--no-throughput --budget-s" in script
     bench = load_benchmark(monkeypatch)
     plan, out = bench.parse_args(
         [
@@ -179,10 +181,8 @@ def test_the_device_runs_flags_parse_into_its_plan(
             "--sizes",
             "1328x1328,1024x1024,512x512,256x256",
             "--variants",
-            "lossless,flash3-padded@512x512+256x256,fp8@1328x1328+1024x1024+512x512,"
-            "fp8-all-blocks@1328x1328+1024x1024,flash3-padded+paired-all@1328x1328+1024x1024",
+            variants,
             "--no-throughput",
-            "--no-queue",
             "--budget-s",
             "300",
             "--out",
@@ -192,12 +192,11 @@ def test_the_device_runs_flags_parse_into_its_plan(
     large = ((1328, 1328), (1024, 1024))
     assert [(variant.name, variant.sizes) for variant in plan.variants] == [
         ("lossless", ()),
-        ("flash3-padded", ((512, 512), (256, 256))),
+        ("sdpa-padded", ((512, 512), (256, 256))),
         ("fp8", (*large, (512, 512))),
-        ("fp8-all-blocks", large),
-        ("flash3-padded+paired-all", large),
     ]
-    assert not plan.throughput and not plan.queue
+    assert not plan.throughput and plan.queue
+    assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 2, 4, 8]
     assert plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]

@@ -40,7 +40,7 @@ def test_defaults_pull_every_lossless_lever_and_the_master_switch_turns_all_off(
 ) -> None:
     levers = Levers.from_settings(WorkerSettings())
     assert levers.attention_backend == "auto"
-    assert not levers.flash3_padded_batches  # until a GPU run measures it
+    assert levers.flash3_padded_batches
     assert levers.compile_transformer and levers.fuse_qkv and levers.real_rope
     assert levers.gelu_epilogue
     assert levers.cuda_graph_max_pixels == levers.paired_cfg_max_pixels == 512 * 512
@@ -57,7 +57,7 @@ def test_each_lever_is_read_from_its_environment_variable(
 ) -> None:
     for name, value in {
         "ATTENTION_BACKEND": "flash",
-        "FLASH3_PADDED_BATCHES": "true",
+        "FLASH3_PADDED_BATCHES": "false",
         "COMPILE_TRANSFORMER": "false",
         "COMPILE_MODE": "max-autotune-no-cudagraphs",
         "FUSE_QKV": "false",
@@ -79,7 +79,7 @@ def test_each_lever_is_read_from_its_environment_variable(
     settings = WorkerSettings()
     assert Levers.from_settings(settings) == Levers(
         attention_backend="flash",
-        flash3_padded_batches=True,
+        flash3_padded_batches=False,
         compile_transformer=False,
         compile_mode="max-autotune-no-cudagraphs",
         fuse_qkv=False,

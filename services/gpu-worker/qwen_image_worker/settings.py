@@ -84,11 +84,11 @@ class WorkerSettings(BaseSettings):
         "choice to PyTorch.",
     )
     flash3_padded_batches: bool = Field(
-        default=False,
+        default=True,
         description="With FlashAttention-3 (ATTENTION_BACKEND auto or flash3), also the calls "
         "that need a text mask (batched jobs, CFG's two forwards joined: a padded text), as "
-        "each image's attention over its used keys. Off until a GPU run measures it (variant "
-        "flash3-padded).",
+        "each image's attention over its used keys; false runs them through SDPA's mask "
+        "(variant sdpa-padded).",
     )
     compile_transformer: bool = Field(
         default=True,
