@@ -10,7 +10,8 @@
 #   queue           16 jobs at once through the worker's JobQueue at 512x512 and 256x256,
 #                   per batch limit 1, 2, 4, 8: images/s, busy fraction, pictures vs alone
 #   sdpa-padded     at 512/256: what FA3 over used keys (the default) gains over SDPA's mask
-#   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the defaults
+#   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the defaults, profiled
+#                   at 1328/1024 (10.1-10.2 s at 1024 in round 8: where its time goes)
 # in that order: the benchmark skips what would start too late.
 # Everything lands in $OUT (6 files); the tables are printed last.
 # Ends within DEADLINE (560 s): the benchmark gets what is left as a budget, skips sections

@@ -179,7 +179,13 @@ VARIANTS = {
             True,
             "the defaults before round 7: SDPA cuDNN-first, the GELU as its own kernel",
         ),
-        Variant("fp8", {"fp8_matmuls": True}, False, "FP8 row-wise; first and last block bf16"),
+        Variant(
+            "fp8",
+            {"fp8_matmuls": True},
+            False,
+            "FP8 row-wise; first and last block bf16",
+            profiled=True,
+        ),
         Variant(
             "fp8-tensor",
             {"fp8_matmuls": True, "fp8_scaling": "tensor"},

@@ -116,10 +116,11 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
         assert row["profile"]["attention_backends"]["math"]["tflops"] > 0
         assert row["profile"]["busy_fraction"] > 0 and row["profile"]["wall_s"] > 0
     assert "profile lossless 256x256: " in done.stdout
-    # cudnn profiles its forward too; each size's attention alone is timed once.
-    for row in variant(report, "cudnn")["rows"]:
-        assert row["profile"]["kinds"]["matmul"]["s"] > 0
-        assert "attention_backends" not in row["profile"]
+    # cudnn and fp8 profile their forward too; each size's attention alone is timed once.
+    for name in ("cudnn", "fp8"):
+        for row in variant(report, name)["rows"]:
+            assert row["profile"]["kinds"]["matmul"]["s"] > 0, name
+            assert "attention_backends" not in row["profile"]
     # FP8 moves the output a little; the step cache reports what it skipped.
     for name, blocks in [("fp8", 2), ("fp8-tensor", 2), ("fp8-all-blocks", 4)]:
         entry = variant(report, name)
