@@ -77,8 +77,8 @@ class WorkerSettings(BaseSettings):
     attention_backend: AttentionBackend = Field(
         default="auto",
         description="Attention kernels of the transformer. 'flash3' runs the joint attention "
-        "without a text mask through FlashAttention-3 (Hopper only; the wheel "
-        "tools/fa3/build.sh builds) and masked calls as 'cudnn'; 'auto' is 'flash3' where it "
+        "through FlashAttention-3 (Hopper only; the wheel tools/fa3/build.sh builds), masked "
+        "calls too with FLASH3_PADDED_BATCHES, else as 'cudnn'; 'auto' is 'flash3' where it "
         "can run and 'cudnn' elsewhere, logging why; 'cudnn', 'flash' and 'efficient' name "
         "the SDPA kernel tried first (the others stay as fallbacks); 'default' leaves the "
         "choice to PyTorch.",

@@ -111,18 +111,11 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             rotate_img, rotate_txt = self._rotation(img_freqs), self._rotation(txt_freqs)
             img_query, img_key = rotate_img(img_query), rotate_img(img_key)
             txt_query, txt_key = rotate_txt(txt_query), rotate_txt(txt_key)
-        if self.flash3_padded and encoder_hidden_states_mask is not None:
-            img_joint, txt_joint = _flash3_over_used_keys(
-                (img_query, img_key, img_value),
-                (txt_query, txt_key, txt_value),
-                encoder_hidden_states_mask,
-            )
-        else:
-            img_joint, txt_joint = self._attention(
-                (img_query, img_key, img_value),
-                (txt_query, txt_key, txt_value),
-                encoder_hidden_states_mask,
-            )
+        img_joint, txt_joint = self._attention(
+            (img_query, img_key, img_value),
+            (txt_query, txt_key, txt_value),
+            encoder_hidden_states_mask,
+        )
         img_out = attn.to_out[0](img_joint.flatten(2, 3).contiguous())
         if len(attn.to_out) > 1:
             img_out = attn.to_out[1](img_out)
@@ -135,8 +128,11 @@ class JointAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
         txt: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         text_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """diffusers' joint attention, [text, image]: through FA3 where `flash3` and no
+        """The joint attention: of a padded batch through FA3 over used keys where
+        `flash3_padded`; else diffusers', [text, image], through FA3 where `flash3` and no
         text is padded, else SDPA with the padding masked."""
+        if self.flash3_padded and text_mask is not None:
+            return _flash3_over_used_keys(img, txt, text_mask)
         seq_txt = txt[0].shape[1]
         attention_mask = None
         if text_mask is not None:
