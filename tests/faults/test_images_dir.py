@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +95,34 @@ def test_a_full_or_read_only_images_folder_fails_url_requests_cleanly(
         assert router.metric(requests, status="200", reason="ok") == 2
         log = router.service.log()
         assert "No space left on device" in log and "Read-only file system" in log
+    finally:
+        router.stop()
+        worker.stop()
+
+
+def test_retention_skips_a_foreign_entry_and_keeps_the_newest_response(tmp_path: Path) -> None:
+    """A folder named like an image cannot be deleted: retention logs it once and goes on.
+    A size cap below one response still leaves that response's URLs working until the
+    next response replaces them."""
+    images = tmp_path / "images"
+    images.mkdir()
+    planted = images / f"{uuid.uuid4().hex}.png"
+    planted.mkdir()
+    long_ago = time.time() - 3600
+    os.utime(planted, (long_ago, long_ago))  # the oldest entry: the first to be deleted
+    worker = start_worker(tmp_path)
+    router = start_router(tmp_path, [worker.url], IMAGE_RETENTION_MAX_BYTES="1")
+    body = {"size": "256x256", "num_inference_steps": 1, "response_format": "url", "n": 2}
+    try:
+        answers = [generate(router.url, NO_HANG, **body) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
+        urls = [[d["url"] for d in a.json()["data"]] for a in answers]
+        assert [httpx.get(url).status_code for url in urls[-1]] == [200, 200]
+        assert [httpx.get(url).status_code for url in urls[0] + urls[1]] == [404] * 4
+        newest = sorted(url.rsplit("/", 1)[1] for url in urls[-1])
+        assert stored_files(images) == sorted([*newest, planted.name])
+        assert planted.is_dir()
+        assert router.service.log().count(planted.name) == 1
     finally:
         router.stop()
         worker.stop()

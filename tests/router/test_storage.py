@@ -125,7 +125,7 @@ def test_sweep_removes_abandoned_temp_files_but_not_fresh_ones_or_foreign_files(
 
 async def test_async_save_and_sweep_run_in_threads(tmp_path: Path) -> None:
     storage = make_storage(tmp_path, max_age=10)
-    name = await storage.save_async(b"png")
+    (name,) = await storage.save_all_async([b"png"])
     age(storage.directory / name, 11)
     report = await storage.sweep_async()
     assert report.removed == 1
@@ -157,3 +157,51 @@ def test_sweep_interval_is_a_tenth_of_the_age_within_bounds() -> None:
     assert sweep_interval(86400) == 60.0
     assert sweep_interval(100) == 10.0
     assert sweep_interval(2) == 1.0
+
+
+def test_saving_never_lists_the_folder_even_over_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = make_storage(tmp_path, max_bytes=250)
+    for _ in range(50):
+        (storage.directory / f"{os.urandom(16).hex()}.png").write_bytes(bytes(5))
+    storage.sweep()
+    listings: list[object] = []
+    real_scandir = os.scandir
+
+    def counting(path: object) -> object:
+        listings.append(path)
+        return real_scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "scandir", counting)
+    names = [storage.save(bytes(100)) for _ in range(5)]
+    assert listings == []
+    remaining = set(os.listdir(storage.directory))
+    assert set(names[-2:]) <= remaining and names[0] not in remaining
+    assert sum((storage.directory / n).stat().st_size for n in remaining) <= 250
+
+
+def test_a_response_larger_than_the_cap_is_kept_whole_until_the_next(tmp_path: Path) -> None:
+    storage = make_storage(tmp_path, max_bytes=300)
+    first = storage.save_all([bytes(405), bytes(405)])
+    assert all(storage.path_for(name) for name in first)
+    storage.sweep()
+    assert all(storage.path_for(name) for name in first)
+    second = storage.save_all([bytes(405)])
+    assert [storage.path_for(name) is not None for name in first + second] == [False] * 2 + [True]
+
+
+def test_what_retention_cannot_delete_is_skipped_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = make_storage(tmp_path, max_bytes=250)
+    planted = storage.directory / f"{'c' * 32}.png"
+    planted.mkdir()
+    age(planted, 10 * DAY)
+    names = [storage.save(bytes(100)) for _ in range(6)]
+    storage.sweep()
+    storage.sweep()
+    assert planted.is_dir() and storage.path_for(names[-1]) is not None
+    assert sum(storage.path_for(n) is not None for n in names) == 2
+    skipped = [r for r in caplog.records if planted.name in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelname == "WARNING"

@@ -4,6 +4,11 @@ Names are random 128-bit hex, so a URL is as good as a capability and cannot be 
 A file appears under its final name only once complete (temp file, fsync, rename), so a
 half-written image is never served. Retention deletes by age and, oldest first, by total
 size, so the disk cannot fill; several router replicas may share the folder.
+
+Saving never lists the folder: an index in memory (oldest first) knows what is stored and
+how much, so a save over the size cap deletes the oldest at once whatever the folder holds.
+The index is rebuilt from the folder at start-up and at every sweep, off the request path,
+which also picks up what other replicas wrote.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from qwen_image_common.tasks import cancel_and_wait
 
@@ -38,9 +45,20 @@ class SweepReport:
     kept_bytes: int
 
 
+class _Stored(NamedTuple):
+    mtime: float
+    size: int
+    name: str
+
+
 class ImageStorage:
     """Writes, finds and expires the PNGs of one folder. Its methods block: call them in a
-    thread from async code (`save_async`, `sweep_async`)."""
+    thread from async code (`save_all_async`, `sweep_async`).
+
+    It keeps the index of stored images (oldest first) and their total size, and the names
+    of the newest response, which size retention never deletes: a cap smaller than one
+    response must not hand out URLs that are already gone.
+    """
 
     def __init__(
         self,
@@ -53,13 +71,19 @@ class ImageStorage:
         self.max_age_seconds = max_age_seconds
         self.max_total_bytes = max_total_bytes
         self._clock = clock
-        self._lock = threading.Lock()
-        # Bytes on disk as of the last sweep plus what this process wrote since: a cheap
-        # check after each write, exact again at every sweep.
-        self._estimated_bytes = 0
+        self._lock = threading.Lock()  # guards the index, its total and the newest names
+        self._sweep_lock = threading.Lock()  # one sweep at a time
+        self._index: deque[_Stored] = deque()
+        self._total_bytes = 0
+        self._newest: frozenset[str] = frozenset()
+        # Saved while a sweep scans the folder: the scan may have missed them.
+        self._saved_during_scan: list[_Stored] | None = None
+        # Entries that retention cannot handle (a folder named like an image, a file it may
+        # not delete): logged the first time only, then skipped.
+        self._reported: set[str] = set()
 
     def prepare(self) -> None:
-        """Create the folder and learn its size; fails at start-up if it is not writable."""
+        """Create the folder and index it; fails at start-up if it is not writable."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not os.access(self.directory, os.W_OK):
             raise PermissionError(f"image folder {self.directory} is not writable")
@@ -67,6 +91,35 @@ class ImageStorage:
 
     def save(self, png: bytes) -> str:
         """Store one PNG; returns its file name."""
+        (name,) = self.save_all([png])
+        return name
+
+    def save_all(self, pngs: Sequence[bytes]) -> list[str]:
+        """Store the PNGs of one response, then delete the oldest others while over the cap."""
+        stored: list[_Stored] = []
+        try:
+            for png in pngs:
+                stored.append(self._write(png))
+        except BaseException:
+            for entry in stored:  # all of a response or none of it
+                with contextlib.suppress(OSError):
+                    (self.directory / entry.name).unlink()
+            raise
+        with self._lock:
+            self._index.extend(stored)
+            self._total_bytes += sum(entry.size for entry in stored)
+            if self._saved_during_scan is not None:
+                self._saved_during_scan.extend(stored)
+            self._newest = frozenset(entry.name for entry in stored)
+            removed = self._evict_over_cap()
+        if removed:
+            logger.debug("image retention removed %d files over the size cap", removed)
+        return [entry.name for entry in stored]
+
+    async def save_all_async(self, pngs: Sequence[bytes]) -> list[str]:
+        return await asyncio.to_thread(self.save_all, pngs)
+
+    def _write(self, png: bytes) -> _Stored:
         name = f"{uuid.uuid4().hex}.png"
         temp = self.directory / f".{name}.part"
         try:
@@ -74,20 +127,26 @@ class ImageStorage:
                 handle.write(png)
                 handle.flush()
                 os.fsync(handle.fileno())
+                written = os.fstat(handle.fileno())
             os.replace(temp, self.directory / name)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
-        with self._lock:
-            self._estimated_bytes += len(png)
-            over = self._estimated_bytes > self.max_total_bytes
-        if over:
-            self.sweep()
-        return name
+        return _Stored(written.st_mtime, written.st_size, name)
 
-    async def save_async(self, png: bytes) -> str:
-        return await asyncio.to_thread(self.save, png)
+    def _evict_over_cap(self) -> int:
+        """Delete the oldest indexed images, never the newest response's, until the total
+        fits; the caller holds the lock."""
+        removed = 0
+        while self._total_bytes > self.max_total_bytes and self._index:
+            oldest = self._index[0]
+            if oldest.name in self._newest:
+                break
+            self._index.popleft()
+            self._total_bytes -= oldest.size
+            removed += self._remove(oldest.name)
+        return removed
 
     def path_for(self, name: str) -> Path | None:
         """The file for a name this storage writes, if it exists; None for anything else.
@@ -105,52 +164,72 @@ class ImageStorage:
         return path if stat.S_ISREG(mode) else None
 
     def sweep(self) -> SweepReport:
-        """Delete images past their age, then the oldest while the total is too large."""
-        with self._lock:
-            now = self._clock()
-            images: list[tuple[float, int, Path]] = []
-            removed = 0
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    is_image = IMAGE_NAME.fullmatch(entry.name) is not None
-                    if not is_image and not _TEMP_NAME.fullmatch(entry.name):
-                        continue
-                    try:
-                        stat = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    age = now - stat.st_mtime
-                    if is_image and age <= self.max_age_seconds:
-                        images.append((stat.st_mtime, stat.st_size, Path(entry.path)))
-                    elif is_image or age > _ABANDONED_TEMP_SECONDS:
-                        removed += _remove(Path(entry.path))
-            images.sort()
-            total = sum(size for _, size, _ in images)
-            kept = len(images)
-            for _, size, path in images:
-                if total <= self.max_total_bytes:
-                    break
-                removed += _remove(path)
-                total -= size
-                kept -= 1
-            self._estimated_bytes = total
+        """Rebuild the index from the folder: delete images past their age, then the
+        oldest while the total is too large. Lists the folder without holding up saves."""
+        with self._sweep_lock:
+            with self._lock:
+                self._saved_during_scan = []
+            try:
+                scanned, removed = self._scan(self._clock())
+            finally:
+                with self._lock:
+                    saved, self._saved_during_scan = self._saved_during_scan or [], None
+            with self._lock:
+                seen = {entry.name for entry in scanned}
+                entries = scanned + [entry for entry in saved if entry.name not in seen]
+                entries.sort()
+                self._index = deque(entries)
+                self._total_bytes = sum(entry.size for entry in entries)
+                removed += self._evict_over_cap()
+                kept, total = len(self._index), self._total_bytes
         if removed:
             logger.info(
                 "image retention removed %d files; %d kept (%d bytes)", removed, kept, total
             )
         return SweepReport(removed=removed, kept=kept, kept_bytes=total)
 
+    def _scan(self, now: float) -> tuple[list[_Stored], int]:
+        """The folder's images within their age; deletes the expired and abandoned temps."""
+        images: list[_Stored] = []
+        removed = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                is_image = IMAGE_NAME.fullmatch(entry.name) is not None
+                if not is_image and not _TEMP_NAME.fullmatch(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    self._report_once(entry.name, "it is not a regular file")
+                    continue
+                age = now - info.st_mtime
+                if is_image and age <= self.max_age_seconds:
+                    images.append(_Stored(info.st_mtime, info.st_size, entry.name))
+                elif is_image or age > _ABANDONED_TEMP_SECONDS:
+                    removed += self._remove(entry.name)
+        return images, removed
+
+    def _remove(self, name: str) -> int:
+        """1 if this call removed the file; another replica may have been first, and what
+        cannot be removed is logged once and left."""
+        try:
+            (self.directory / name).unlink()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            self._report_once(name, f"it cannot be deleted ({exc.strerror})")
+            return 0
+        return 1
+
+    def _report_once(self, name: str, why: str) -> None:
+        if name not in self._reported:
+            self._reported.add(name)
+            logger.warning("image retention skips %s in %s: %s", name, self.directory, why)
+
     async def sweep_async(self) -> SweepReport:
         return await asyncio.to_thread(self.sweep)
-
-
-def _remove(path: Path) -> int:
-    """1 if this call removed the file; another replica may have been first."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return 0
-    return 1
 
 
 class RetentionTask:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -32,6 +31,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["images"])
 
 GENERATIONS_PATH = "/v1/images/generations"
+# Of the `user` field, logged with each request: enough for an id, not a flood.
+_LOGGED_USER_CHARS = 128
 
 
 @router.post(
@@ -78,8 +79,11 @@ async def create_images(
     finally:
         metrics.in_flight.dec()
         logger.info(
-            "request %s: n=%d size=%dx%d steps=%d worker=%s outcome=%s duration=%.2fs",
+            "request %s: user=%r n=%d size=%dx%d steps=%d worker=%s outcome=%s duration=%.2fs",
             job_id,
+            # As Python writes it, and cut short: no newline or odd character of a client's
+            # string can split or break the line.
+            None if body.user is None else body.user[:_LOGGED_USER_CHARS],
             body.n,
             width,
             height,
@@ -104,19 +108,19 @@ async def _image_data(
         return [
             ImageData(b64_json=image.png_b64, revised_prompt=revised) for image in generation.images
         ]
-    names = await asyncio.gather(*(_store(storage, image) for image in generation.images))
+    names = await _store(storage, generation.images)
     return [
         ImageData(url=_image_url(name, settings, request), revised_prompt=revised) for name in names
     ]
 
 
-async def _store(storage: ImageStorage, image: GeneratedImage) -> str:
+async def _store(storage: ImageStorage, images: list[GeneratedImage]) -> list[str]:
     try:
-        png = base64.b64decode(image.png_b64, validate=True)
+        pngs = [base64.b64decode(image.png_b64, validate=True) for image in images]
     except binascii.Error:
         raise InferenceFailed("the worker sent an image that is not base64") from None
     try:
-        return await storage.save_async(png)
+        return await storage.save_all_async(pngs)
     except OSError:
         logger.exception("could not store an image in %s", storage.directory)
         raise StorageFailed() from None
