@@ -39,9 +39,11 @@ class Proc:
 
     service: Service
     url: str
+    # Where /metrics is served: METRICS_PORT's address when the router has one.
+    metrics_url: str | None = None
 
     def metrics(self) -> str:
-        return httpx.get(self.url + "/metrics", timeout=5).text
+        return httpx.get(self.metrics_url or self.url + "/metrics", timeout=5).text
 
     def metric(self, name: str, **labels: str) -> float:
         return metric_value(self.metrics(), name, **labels)
@@ -109,7 +111,8 @@ def start_router(
         **env,
     }
     service = Service(["router"], values, tmp_path / f"{name}.log").start()
-    proc = Proc(service, url)
+    metrics_port = int(values.get("METRICS_PORT", "0"))
+    proc = Proc(service, url, f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None)
     expected = len(worker_urls) if ready_workers is None else ready_workers
     _wait_or_explain(service, lambda: answers(url + "/healthz"), 30, name)
     _wait_or_explain(service, lambda: ready_count(proc) == expected, 30, f"{name} to see workers")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,3 +256,63 @@ def test_any_json_object_gets_images_or_a_400(fuzz_router: Proc, body: dict[str,
         assert message.startswith(("Validation error: ", "Model not available: ")), message
     else:
         assert len(response.json()["data"]) == (body.get("n") or 1)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["model", "user", "prompt", "negative_prompt", "size", "response_format", "aspect_ratio"],
+)
+def test_lone_surrogates_get_an_answer_and_the_connection_stays_healthy(
+    fuzz_router: Proc, field: str
+) -> None:
+    """JSON can carry any UTF-16 code unit (`"\\ud800"`): echoed in an answer or logged, it
+    must not turn into a 500 or a reset connection."""
+    connection = http.client.HTTPConnection(urlsplit(fuzz_router.url).netloc, timeout=30)
+    try:
+        for value in ("\ud800", "a\udfffb", "\udc00\ud800"):
+            body = {"prompt": "x", "num_inference_steps": 1, "size": "256x256", field: value}
+            connection.request(
+                "POST", GENERATE, json.dumps(body), {"content-type": "application/json"}
+            )
+            response = connection.getresponse()
+            content = json.loads(response.read())
+            assert response.status in (200, 400), (field, response.status, content)
+            if response.status == 400:
+                assert content == {"detail": content["detail"]}
+                assert content["detail"].startswith(("Validation error: ", "Model not available"))
+                assert response.headers["x-should-retry"] == "false"
+            if field == "model":
+                assert content["detail"] == f"Model not available: {value}"
+        # The same connection serves the next request.
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    assert "Traceback" not in fuzz_router.service.log()
+
+
+def test_an_endless_chunked_body_gets_413_and_the_connection_closed(fuzz_router: Proc) -> None:
+    """Past the limit the router answers and closes; it never reads the rest to find the
+    next request (an attacker's chunked body need not end)."""
+    host, port = urlsplit(fuzz_router.url).netloc.split(":")
+    head = (
+        b"POST " + GENERATE.encode() + b" HTTP/1.1\r\nHost: router\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(head)
+        sent = 0
+        # Send until the answer shows (at most twice the limit), never the final chunk.
+        while sent < 2 * BODY_LIMIT and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(frame)
+            sent += len(chunk)
+        try:
+            while data := sock.recv(65536):  # ends only if the router closes
+                answer += data
+        except ConnectionResetError:
+            pass  # closed with our unread frames in its buffer: a reset, after the answer
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in answer.lower()

@@ -73,6 +73,8 @@ def keyed_router(
         OPENAI_MODEL="rewriter",
         OPENAI_API_KEY=REWRITE_SECRET,
         LOG_LEVEL="DEBUG",
+        METRICS_PORT=str(free_port()),
+        ENABLE_API_DOCS="false",
     )
     yield router
     router.stop()
@@ -209,12 +211,26 @@ def test_an_oversized_body_is_refused_before_the_key_is_needed_or_read(keyed_rou
     assert keyed.json()["detail"].startswith("Request body too large")
 
 
-def test_probes_metrics_and_docs_need_no_key_but_reveal_no_secret(keyed_router: Proc) -> None:
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+def test_probes_need_no_key_and_metrics_and_docs_are_off_the_public_port(
+    keyed_router: Proc,
+) -> None:
+    """What an ingress in front of PORT exposes: the probes, never the metrics (they name
+    the workers) or the API's own documents."""
+    for path in ("/healthz", "/readyz"):
         answer = httpx.get(keyed_router.url + path)
         assert answer.status_code == 200, path
-        for secret in (*KEYS, REWRITE_SECRET):
-            assert secret not in answer.text
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(keyed_router.url + path).status_code == 404, path
+    assert keyed_router.metrics_url is not None
+    scraped = httpx.get(keyed_router.metrics_url)
+    assert scraped.status_code == 200
+    assert "qwen_image_router_ready_workers 1.0" in scraped.text
+    for secret in (*KEYS, REWRITE_SECRET):
+        assert secret not in scraped.text
+    # The metrics port serves metrics only: no API, no image files.
+    base = keyed_router.metrics_url.removesuffix("/metrics")
+    for path in ("/v1/models", "/healthz", "/openapi.json"):
+        assert httpx.get(base + path).status_code == 404, path
 
 
 def test_a_worker_serves_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from what it re-raises (SIGINT, Ctrl-C, keeps its usual meaning).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 
 import uvicorn
@@ -35,3 +37,29 @@ class GracefulServer(uvicorn.Server):
     def run_and_exit(self) -> None:
         self.run()
         sys.exit(self.exit_code)
+
+
+class SideServer(uvicorn.Server):
+    """A second uvicorn server run as a task beside the main one (a metrics port): the main
+    server handles the signals and stops this one on its way out."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_beside(config: uvicorn.Config) -> AsyncIterator[None]:
+    """Serve `config`'s app while the block runs; fails at once if its port is taken."""
+    server = SideServer(config)
+    task = asyncio.create_task(server.serve(), name=f"server-{config.port}")
+    while not server.started:
+        if task.done():
+            task.result()  # its error, e.g. the port in use
+            raise RuntimeError(f"the server on port {config.port} stopped at start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

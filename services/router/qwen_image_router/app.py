@@ -17,14 +17,16 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from qwen_image_common.logs import configure_logging
-from qwen_image_common.serving import GracefulServer
+from qwen_image_common.serving import GracefulServer, serve_beside
 from qwen_image_router.api.auth import ApiKeyMiddleware
 from qwen_image_router.api.body_limit import BodyLimitMiddleware
+from qwen_image_router.api.receive_timeouts import receive_timeout_protocol
 from qwen_image_router.api.routes import files, health, images, models
 from qwen_image_router.api.routes import metrics as metrics_routes
+from qwen_image_router.api.routes.metrics import metrics_app
 from qwen_image_router.discovery.factory import build_discovery
 from qwen_image_router.dispatch import Dispatcher
-from qwen_image_router.errors import install_error_handlers
+from qwen_image_router.errors import JSONAnswer, install_error_handlers
 from qwen_image_router.generation import ImageGenerator
 from qwen_image_router.load_poller import LoadPoller
 from qwen_image_router.metrics import RouterMetrics
@@ -46,7 +48,8 @@ _POLL_TIMEOUT_SECONDS = 2.0
 _KEEPALIVE_EXPIRY_SECONDS = 2.0
 # Request line plus headers of one request, at most. uvicorn's httptools parser has no
 # bound at all (a client could send megabytes of headers), so the router parses with h11,
-# which answers 400 past this; bodies are bounded by MAX_REQUEST_BODY_BYTES.
+# which answers 400 past this; bodies are bounded by MAX_REQUEST_BODY_BYTES, the time to
+# send either by REQUEST_HEADER_TIMEOUT_SECONDS and REQUEST_BODY_TIMEOUT_SECONDS.
 MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -82,6 +85,17 @@ async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIter
             stack.push_async_callback(rewriter.close)
 
         registry = WorkerRegistry()
+        if settings.metrics_port:
+            scraped = metrics_app(metrics, registry, settings.load_stale_after_seconds)
+            config = uvicorn.Config(
+                scraped,
+                host=settings.host,
+                port=settings.metrics_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+            await stack.enter_async_context(serve_beside(config))
         registry.on_change(lambda: transport.keep_only(w.endpoint.url for w in registry.workers()))
         discovery = build_discovery(settings)
         await discovery.start(registry)
@@ -130,6 +144,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
         summary="OpenAI-compatible Images API in front of Qwen-Image GPU workers.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if settings.enable_api_docs else None,
+        default_response_class=JSONAnswer,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -154,8 +170,10 @@ def create_app(settings: RouterSettings) -> FastAPI:
         keys=settings.api_keys,
         on_reject=lambda request: on_answer(request, 401, "unauthorized"),
     )
-    for module in (health, models, images, files, metrics_routes):
+    for module in (health, models, images, files):
         app.include_router(module.router)
+    if not settings.metrics_port:
+        app.include_router(metrics_routes.router)
     return app
 
 
@@ -174,7 +192,9 @@ def run(settings: RouterSettings | None = None) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
-        http="h11",
+        http=receive_timeout_protocol(
+            settings.request_header_timeout_seconds, settings.request_body_timeout_seconds
+        ),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(settings.task_timeout_seconds) + 5,
     )

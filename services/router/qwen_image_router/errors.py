@@ -6,6 +6,7 @@ retries 5xx by itself) whether a retry can help: only a full queue can clear by 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,15 @@ from qwen_image_common.contract import ErrorBody
 # Seconds a client should wait after `Task queue is full`: long enough for a worker's
 # queue to move a little, short enough that the SDK's own retries still help.
 RETRY_AFTER_SECONDS = 2
+
+
+class JSONAnswer(JSONResponse):
+    """JSON with everything past ASCII escaped: any string JSON can carry renders, a lone
+    surrogate echoed from a request included, where UTF-8 encoding would fail."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return text.encode("ascii")
 
 
 class RouterError(Exception):
@@ -135,8 +145,8 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def error_response(error: RouterError) -> JSONResponse:
-    return JSONResponse(
+def error_response(error: RouterError) -> JSONAnswer:
+    return JSONAnswer(
         {"detail": error.detail}, status_code=error.status_code, headers=error.headers()
     )
 
@@ -212,15 +222,17 @@ def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
         headers = dict(exc.headers or {})
         reason = "http_error"
         if exc.status_code == 413:
-            headers["x-should-retry"] = "false"
+            # The rest of the body is not read: closing is the only way to refuse it, or the
+            # server would read it to its end to find the next request.
+            headers.update({"x-should-retry": "false", "connection": "close"})
             reason = "too_large"
         on_answer(request, exc.status_code, reason)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+        return JSONAnswer({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette logs the exception itself after this answer is sent.
         on_answer(request, 500, "internal")
-        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+        return JSONAnswer({"detail": "Internal server error"}, status_code=500)
 
     app.add_exception_handler(RouterError, on_router_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

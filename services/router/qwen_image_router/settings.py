@@ -39,6 +39,28 @@ class RouterSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(6002, ge=1, le=65535, description="Port to listen on.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="When set, /metrics is served on this port instead of PORT, so an ingress "
+        "in front of PORT never exposes it; 0: on PORT.",
+    )
+    enable_api_docs: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json on PORT; false: 404."
+    )
+    request_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's headers within this many seconds of "
+        "opening or of the request's first byte, or it is closed.",
+    )
+    request_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A request's whole body must arrive within this many seconds of its "
+        "headers, or the connection is closed.",
+    )
     log_level: str = Field("INFO", description="Python log level name.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: plain lines; json: one JSON object a line."
@@ -179,6 +201,8 @@ class RouterSettings(BaseSettings):
             raise ValueError("WORKER_SERVICE_NAME is required when DISCOVERY=kubernetes")
         if self.enable_prompt_rewrite and self.openai_model is None:
             raise ValueError("OPENAI_MODEL is required when ENABLE_PROMPT_REWRITE is true")
+        if self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT (or be 0: /metrics on PORT)")
         if self.load_stale_after_seconds <= self.load_poll_interval_seconds:
             raise ValueError(
                 "LOAD_STALE_AFTER_SECONDS must be longer than LOAD_POLL_INTERVAL_SECONDS, "

@@ -1,7 +1,8 @@
 """MAX_REQUEST_BODY_BYTES: bodies over it get 413 in the spec's error shape, unread.
 
 A declared Content-Length over the limit is answered before the app runs; a chunked body
-is counted as it arrives and stopped at the limit, so no request can fill memory.
+is counted as it arrives and stopped at the limit, so no request can fill memory. Either
+way the connection is closed after the 413: the rest of the body is never read.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from qwen_image_router.errors import JSONAnswer
 
 
 def too_large_detail(limit: int) -> str:
@@ -70,7 +72,7 @@ class BodyLimitMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._on_reject is not None:
             self._on_reject(Request(scope, receive))
-        response = JSONResponse(
+        response = JSONAnswer(
             {"detail": too_large_detail(self.limit)},
             status_code=413,
             headers={"x-should-retry": "false", "connection": "close"},
