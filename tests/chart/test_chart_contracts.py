@@ -227,6 +227,9 @@ def test_router_environment(rendered_sets: dict[str, Objects]) -> None:
     assert value(env, "LOG_FORMAT") == "json"
     assert value(env, "IMAGE_RETENTION_SECONDS") == "86400"
     assert value(env, "IMAGE_RETENTION_MAX_BYTES") == str(10 * 1024**3)
+    assert value(env, "REQUEST_HEADER_TIMEOUT_SECONDS") == "10"
+    assert value(env, "REQUEST_BODY_TIMEOUT_SECONDS") == "30"
+    assert value(env, "ENABLE_API_DOCS") == "true"
     assert env["WORKER_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     # Discovery watches the EndpointSlices of exactly this Service, on its port named http;
     # the other port is the workers' metrics.
@@ -397,12 +400,23 @@ def test_router_policy_lets_ingress_and_scrapers_in(rendered_sets: dict[str, Obj
     assert selects(
         policy["spec"]["podSelector"]["matchLabels"], pod_labels(find(objs, "Deployment", ROUTER))
     )
-    (rule,) = policy["spec"]["ingress"]
+    rule, scrapers = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     namespaces = [
         p["namespaceSelector"]["matchLabels"] for p in rule["from"] if "namespaceSelector" in p
     ]
-    assert {"kubernetes.io/metadata.name": "ingress-nginx"} in namespaces
-    assert {"kubernetes.io/metadata.name": "monitoring"} in namespaces
+    assert namespaces == [{"kubernetes.io/metadata.name": "ingress-nginx"}]
+    # Scrapers reach the metrics port alone, which the API port (and the ingress) lacks.
+    assert scrapers["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert scrapers["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {},
+        }
+    ]
+    router = find(objs, "Deployment", ROUTER)
+    assert port_number(router, "metrics") == int(value(env_of(router), "METRICS_PORT"))
+    assert port_number(router, "metrics") != port_number(router, "http")
     # The helm test pod belongs to the release, so it still reaches the router.
     test_pod = find(objs, "Pod")
     release_peer = next(p for p in rule["from"] if "podSelector" in p)

@@ -120,11 +120,11 @@ def test_custom_resources_have_their_key_fields(render_objects: Any) -> None:
     assert custom == CUSTOM_KINDS
 
     # One monitor per Service, each on the port that serves its /metrics and selecting
-    # that Service alone: the workers' job port is not scraped.
+    # that Service alone: neither the router's API port nor the workers' job port is scraped.
     monitors = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceMonitor"}
     services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
     assert set(monitors) == set(services) == {"qwen-image-router", "qwen-image-worker"}
-    for name, port in [("qwen-image-router", "http"), ("qwen-image-worker", "metrics")]:
+    for name, port in [("qwen-image-router", "metrics"), ("qwen-image-worker", "metrics")]:
         monitor = monitors[name]
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
