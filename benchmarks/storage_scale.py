@@ -6,10 +6,12 @@ every url answer pushes the folder over its cap and retention has to delete one.
 and one worker with the simulated engine (no step time: what remains is the router's own
 work) on 127.0.0.1.
 Printed per client count: the median answer time of each format and their ratio, and the
-router's start-up time with that folder (its retention index is built from it).
+router's start-up time with that folder (its retention index is built from it). With
+--index-only: the memory the index takes per image and the time of one sweep, in-process.
 
     .venv/bin/python benchmarks/storage_scale.py                  # 50,000 images
     .venv/bin/python benchmarks/storage_scale.py --images 5000 --requests 20
+    .venv/bin/python benchmarks/storage_scale.py --index-only --images 200000
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+import tracemalloc
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +30,8 @@ from pathlib import Path
 import httpx
 from load import LocalStack
 from PIL import Image
+
+from qwen_image_router.storage import ImageStorage
 
 BODY = {"prompt": "a storage benchmark", "size": "256x256", "num_inference_steps": 1}
 
@@ -67,17 +72,32 @@ def median_seconds(url: str, response_format: str, requests: int, clients: int) 
     return statistics.median(times)
 
 
+def index_cost(folder: Path, images: int, cap: int) -> None:
+    storage = ImageStorage(folder, max_age_seconds=86400, max_total_bytes=cap)
+    tracemalloc.start()
+    started = time.perf_counter()
+    storage.prepare()
+    sweep = time.perf_counter() - started
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"index of {images} images: {held / images:.0f} bytes per image, sweep {sweep:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50_000, help="images stored beforehand")
     parser.add_argument("--requests", type=int, default=30, help="per client and format")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--index-only", action="store_true", help="measure the index alone")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="storage-scale-") as tmp:
         folder = Path(tmp) / "images"
         image_bytes = answer_png_bytes()
         fill(folder, args.images, image_bytes)
+        if args.index_only:
+            index_cost(folder, args.images, args.images * image_bytes)
+            return
         stack = LocalStack(Path(tmp))
         try:
             stack.start_workers(1, step_seconds=0.0, queue_size=64)
