@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from qwen_image_common.settings import load_settings
 from qwen_image_router.discovery.factory import build_discovery, pod_namespace
 from qwen_image_router.discovery.static import StaticDiscovery
 from qwen_image_router.registry import WorkerRegistry
-from qwen_image_router.settings import RouterSettings, load_settings
+from qwen_image_router.settings import RouterSettings
 
 ROUTER_ENV = (
     "MODEL_NAME",
@@ -107,7 +108,7 @@ def test_a_bad_value_stops_start_up_naming_the_variable(
 ) -> None:
     env.setenv(name, value)
     with pytest.raises(SystemExit) as stopped:
-        load_settings()
+        load_settings(RouterSettings, "router")
     assert message in str(stopped.value.code)
     assert str(stopped.value.code).startswith("invalid router configuration:")
 
@@ -130,7 +131,7 @@ def test_inconsistent_settings_stop_start_up(
     for name, value in variables.items():
         env.setenv(name, value)
     with pytest.raises(SystemExit) as stopped:
-        load_settings()
+        load_settings(RouterSettings, "router")
     assert message in str(stopped.value.code)
 
 

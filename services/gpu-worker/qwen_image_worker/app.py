@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer
+from qwen_image_common.settings import load_settings
 from qwen_image_worker.api.routes import health, jobs
 from qwen_image_worker.engine.base import BatchLimit, ImageEngine, ImageSpec
 from qwen_image_worker.engine.simulated import SIMULATED_MODEL_PATH, SimulatedEngine
@@ -89,7 +90,7 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
 
 
 def run(settings: WorkerSettings | None = None) -> None:
-    settings = settings or WorkerSettings()
+    settings = settings or load_settings(WorkerSettings, "worker")
     configure_logging(settings.log_level, settings.log_format, service="worker")
     servers: list[GracefulServer] = []
     app = create_app(settings, on_fatal=lambda _why: servers[0].fail())

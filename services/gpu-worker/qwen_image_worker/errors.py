@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from qwen_image_common import contract
+from qwen_image_common.requests import describe_validation_errors
 
 
 class WorkerError(Exception):
@@ -64,10 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_validation_errors(exc.errors())
         return JSONResponse({"detail": f"Validation error: {problems}"}, status_code=400)
 
     app.add_exception_handler(WorkerError, on_worker_error)

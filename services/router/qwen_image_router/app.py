@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer, serve_beside
+from qwen_image_common.settings import load_settings
 from qwen_image_router.api.auth import ApiKeyMiddleware
 from qwen_image_router.api.body_limit import BodyLimitMiddleware
 from qwen_image_router.api.receive_timeouts import receive_timeout_protocol
@@ -34,7 +35,7 @@ from qwen_image_router.prompt_rewrite import build_rewriter
 from qwen_image_router.registry import WorkerRegistry
 from qwen_image_router.runtime import RouterRuntime
 from qwen_image_router.scheduling.balancer import Balancer
-from qwen_image_router.settings import RouterSettings, load_settings
+from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage, RetentionTask, sweep_interval
 from qwen_image_router.worker_client import WorkerClient
 from qwen_image_router.worker_transport import PerWorkerTransport
@@ -183,7 +184,7 @@ def run(settings: RouterSettings | None = None) -> None:
     On SIGTERM it stops listening and lets the requests in flight finish (they are bounded
     by TASK_TIMEOUT), then exits 0.
     """
-    settings = settings or load_settings()
+    settings = settings or load_settings(RouterSettings, "router")
     configure_logging(settings.log_level, settings.log_format, service="router")
     config = uvicorn.Config(
         create_app(settings),

@@ -7,7 +7,7 @@ retries 5xx by itself) whether a retry can help: only a full queue can clear by 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwen_image_common.contract import ErrorBody
+from qwen_image_common.requests import NOT_JSON, describe_validation_errors
 
 # Seconds a client should wait after `Task queue is full`: long enough for a worker's
 # queue to move a little, short enough that the SDK's own retries still help.
@@ -123,28 +124,6 @@ class ClientClosedRequest(RouterError):
         super().__init__("Client closed request")
 
 
-_NOT_JSON = "request body is not valid JSON"
-
-
-def describe_validation_errors(errors: Sequence[Any]) -> str:
-    """Turn pydantic/FastAPI errors into one line that names each bad field."""
-    parts: list[str] = []
-    for error in errors:
-        kind = error.get("type", "")
-        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        if kind == "json_invalid":
-            parts.append(_NOT_JSON)
-        elif not loc and kind == "missing":
-            parts.append("request body is required")
-        elif not loc and kind in ("model_attributes_type", "model_type", "dict_type"):
-            parts.append("request body must be a JSON object (Content-Type: application/json)")
-        else:
-            message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-            field = ".".join(loc) if loc else "request"
-            parts.append(f"{field}: {message}")
-    return "; ".join(parts) or "invalid request"
-
-
 def error_response(error: RouterError) -> JSONAnswer:
     return JSONAnswer(
         {"detail": error.detail}, status_code=error.status_code, headers=error.headers()
@@ -217,7 +196,7 @@ def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's answer to a body its JSON parser gave up on (nested too deep, an
             # integer too long, bytes that are no text): bad JSON, as the spec words it.
-            return await on_router_error(request, ValidationFailed(_NOT_JSON))
+            return await on_router_error(request, ValidationFailed(NOT_JSON))
         detail = exc.detail
         headers = dict(exc.headers or {})
         reason = "http_error"

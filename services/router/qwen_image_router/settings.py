@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from qwen_image_router.scheduling.balancer import SchedulingPolicy
@@ -209,23 +209,3 @@ class RouterSettings(BaseSettings):
                 "or every load report would count as stale"
             )
         return self
-
-
-def describe_settings_error(error: ValidationError) -> str:
-    """Name each bad setting by its environment variable, for a start-up message."""
-    lines = ["invalid router configuration:"]
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        if item["loc"]:
-            lines.append(f"  {str(item['loc'][0]).upper()}: {message}")
-        else:
-            lines.append(f"  {message}")
-    return "\n".join(lines)
-
-
-def load_settings() -> RouterSettings:
-    """Read the environment once; a bad value stops the process with a readable message."""
-    try:
-        return RouterSettings()
-    except ValidationError as error:
-        raise SystemExit(describe_settings_error(error)) from None

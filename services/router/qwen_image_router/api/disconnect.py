@@ -8,21 +8,16 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
+from qwen_image_common.requests import wait_for_disconnect
 from qwen_image_router.errors import ClientClosedRequest
 
 T = TypeVar("T")
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    # The body is read already, so the next ASGI message is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def run_until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Runs `work`; cancels it and raises ClientClosedRequest if the client disconnects."""
     work_task = asyncio.create_task(work)
-    watcher = asyncio.create_task(_wait_for_disconnect(request))
+    watcher = asyncio.create_task(wait_for_disconnect(request))
     try:
         await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not work_task.done():

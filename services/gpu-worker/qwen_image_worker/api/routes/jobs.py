@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from qwen_image_common.contract import JOBS_PATH, JobRequest, JobResult
+from qwen_image_common.requests import wait_for_disconnect
 from qwen_image_worker.api.deps import QueueDep
 from qwen_image_worker.errors import JobCancelled, TaskTimeout
 
@@ -17,16 +18,10 @@ router = APIRouter()
 _ANSWER_GRACE_SECONDS = 1.0
 
 
-async def _caller_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body is already read, so nothing else arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 @router.post(JOBS_PATH)
 async def run_job(body: JobRequest, request: Request, queue: QueueDep) -> JobResult:
     job = queue.submit(body)
-    gone = asyncio.create_task(_caller_gone(request))
+    gone = asyncio.create_task(wait_for_disconnect(request))
     waiters: set[asyncio.Future[Any]] = {job.future, gone}
     try:
         done, _ = await asyncio.wait(
