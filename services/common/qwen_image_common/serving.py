@@ -1,8 +1,9 @@
 """A uvicorn server that drains on SIGTERM and then exits 0, for both services.
 
 Kubernetes sends SIGTERM to stop a pod; a drained process that exits non-zero reads as a
-crash. uvicorn re-raises the signal after its graceful shutdown, so SIGTERM is dropped
-from what it re-raises (SIGINT, Ctrl-C, keeps its usual meaning).
+crash. uvicorn restores the signal handlers it found and re-raises what it caught after
+its graceful shutdown, so the handler it finds for SIGTERM only asks the server to exit:
+re-raised after the drain, it changes nothing. SIGINT (Ctrl-C) keeps its usual meaning.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ class GracefulServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit_signal()
         super().handle_exit(sig, frame)
-        if sig == signal.SIGTERM and sig in self._captured_signals:
-            self._captured_signals.remove(sig)
 
     def fail(self) -> None:
         """Stop serving and exit non-zero (a fatal start-up error, already logged)."""
@@ -35,8 +34,12 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     def run_and_exit(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop_quietly)
         self.run()
         sys.exit(self.exit_code)
+
+    def _stop_quietly(self, sig: int, frame: FrameType | None) -> None:
+        self.should_exit = True
 
 
 class SideServer(uvicorn.Server):
