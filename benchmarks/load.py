@@ -271,7 +271,7 @@ class LocalStack:
         full_env = os.environ | {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"} | env
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "qwen_image_common.cli", command],
+                [sys.executable, "-m", f"qwen_image_{command}"],
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -168,7 +168,7 @@ def slice_name(worker: LoopbackWorker) -> str:
 
 
 class RouterProcess:
-    """`python -m qwen_image_common.cli router` with Kubernetes discovery."""
+    """`python -m qwen_image_router` with Kubernetes discovery."""
 
     def __init__(self, directory: Path, kubeconfig: Path, namespace: str, **env: str) -> None:
         self.port = free_port()

@@ -38,8 +38,17 @@ def answers(url: str, status: int = 200) -> bool:
         return False
 
 
+# Each program by its entry point: `python -m <package> [arguments]`.
+_ENTRY_POINTS = {
+    "router": ["qwen_image_router"],
+    "worker": ["qwen_image_worker"],
+    "up": ["qwen_image_local", "up"],
+}
+
+
 class Service:
-    """One `qwen-image <command>` process with its own environment and log file."""
+    """One program (`router`, `worker` or `up` and its arguments) as a process with its own
+    environment and log file."""
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
         self.command = command
@@ -51,7 +60,7 @@ class Service:
         full_env = os.environ | {"OMP_NUM_THREADS": "1", "LOG_LEVEL": "INFO"} | self.env
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "qwen_image_common.cli", *self.command],
+                [sys.executable, "-m", *_ENTRY_POINTS[self.command[0]], *self.command[1:]],
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -65,7 +65,7 @@ class Stack:
         """The child of `up` that serves `worker_url` (found by its PORT)."""
         port = worker_url.rsplit(":", 1)[1]
         for child in psutil.Process(self.service.pid).children():
-            if child.environ().get("PORT") == port and "worker" in child.cmdline():
+            if child.environ().get("PORT") == port and "qwen_image_worker" in child.cmdline():
                 return child
         raise AssertionError(f"no worker process serves {worker_url}")
 

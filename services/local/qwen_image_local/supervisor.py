@@ -1,4 +1,4 @@
-"""`qwen-image up`: one router and N workers as child processes on this machine.
+"""One router and N workers as child processes on this machine, started by their entry points.
 
 Each worker is pinned to one GPU through CUDA_VISIBLE_DEVICES; with no GPU, CPU workers
 run the demo model and share the cores. A worker that dies is restarted (with a delay
@@ -56,27 +56,35 @@ def plan_stack(port: int, workers: int | None, worker_base_port: int, host: str)
         raise SystemExit("qwen-image up: --workers (or NUM_GPUS_TO_USE) must be at least 1")
     if gpus and workers > gpus:
         raise SystemExit(f"qwen-image up: {workers} workers asked for, but {gpus} GPUs are visible")
+    worker_ports = range(worker_base_port, worker_base_port + workers)
+    if port in worker_ports:
+        raise SystemExit(
+            f"qwen-image up: --port {port} is also worker {port - worker_base_port}'s port "
+            f"(workers take {worker_ports[0]}-{worker_ports[-1]}); change --port or "
+            "--worker-base-port"
+        )
     cpu_threads = max(1, (os.cpu_count() or 1) // workers)
-    python = [sys.executable, "-m", "qwen_image_common.cli"]
     specs = []
-    urls = []
-    for i in range(workers):
-        port_i = worker_base_port + i
-        urls.append(f"http://127.0.0.1:{port_i}")
-        env = {"HOST": "127.0.0.1", "PORT": str(port_i)}
+    for i, worker_port in enumerate(worker_ports):
+        env = {"HOST": "127.0.0.1", "PORT": str(worker_port)}
         if gpus:
             env |= {"CUDA_VISIBLE_DEVICES": str(i), "DEVICE": "cuda"}
         else:
             env |= {"DEVICE": "cpu", "OMP_NUM_THREADS": str(cpu_threads)}
-        specs.append(ChildSpec(f"worker-{i}", [*python, "worker"], env, restart=True))
+        specs.append(ChildSpec(f"worker-{i}", _entry_point("qwen_image_worker"), env, restart=True))
     router_env = {
         "HOST": host,
         "PORT": str(port),
         "DISCOVERY": "static",
-        "WORKER_URLS": ",".join(urls),
+        "WORKER_URLS": ",".join(f"http://127.0.0.1:{p}" for p in worker_ports),
     }
-    specs.append(ChildSpec("router", [*python, "router"], router_env, restart=False))
+    specs.append(ChildSpec("router", _entry_point("qwen_image_router"), router_env, restart=False))
     return specs
+
+
+def _entry_point(service_package: str) -> list[str]:
+    """A service's own `python -m` entry point, run by this interpreter (this venv)."""
+    return [sys.executable, "-m", service_package]
 
 
 class Supervisor:

@@ -1,4 +1,4 @@
-"""The `qwen-image` command: `up` (the whole local stack), `router`, `worker`."""
+"""The `qwen-image` command: `up` runs one router and N workers on this machine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import signal
 
 from qwen_image_common.logs import configure_logging
+from qwen_image_local.supervisor import Supervisor, plan_stack
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,32 +26,13 @@ def _parser() -> argparse.ArgumentParser:
         "--worker-base-port", type=int, default=6101, help="first worker port (default 6101)"
     )
     up.add_argument("--host", default="0.0.0.0", help="router address (default 0.0.0.0)")
-    commands.add_parser("router", help="run the router alone (configured by environment)")
-    commands.add_parser("worker", help="run one worker alone (configured by environment)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.command == "router":
-        from qwen_image_router.app import run as run_router
-
-        run_router()
-    elif args.command == "worker":
-        from qwen_image_worker.app import run as run_worker
-
-        run_worker()
-    else:
-        from qwen_image_common.stack import Supervisor, plan_stack
-
-        configure_logging(service="up")
-        supervisor = Supervisor(
-            plan_stack(args.port, args.workers, args.worker_base_port, args.host)
-        )
-        signal.signal(signal.SIGINT, supervisor.request_stop)
-        signal.signal(signal.SIGTERM, supervisor.request_stop)
-        raise SystemExit(supervisor.run())
-
-
-if __name__ == "__main__":
-    main()
+    configure_logging(service="up")
+    supervisor = Supervisor(plan_stack(args.port, args.workers, args.worker_base_port, args.host))
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    raise SystemExit(supervisor.run())
