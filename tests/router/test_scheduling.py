@@ -14,8 +14,6 @@ from qwen_image_router.scheduling.filters import (
     FreshReportFilter,
     NotBlockedFilter,
     ReadyFilter,
-    free_slots,
-    used_slots,
 )
 from qwen_image_router.scheduling.picker import MaxScorePicker
 from qwen_image_router.scheduling.saturation import Saturated
@@ -99,11 +97,11 @@ def test_a_new_load_report_lifts_a_full_block(registry: WorkerRegistry, clock: C
 def test_used_slots_is_the_higher_of_report_and_own_in_flight(registry: WorkerRegistry) -> None:
     registry.record_load("a", load(running=1, waiting=1, capacity=4))
     a = state(registry, "a")
-    assert used_slots(a) == 2 and free_slots(a) == 2
+    assert a.used_slots() == 2 and a.free_slots() == 2
     a.in_flight = 3  # this router sent more than the (older) report shows
-    assert used_slots(a) == 3 and free_slots(a) == 1
+    assert a.used_slots() == 3 and a.free_slots() == 1
     a.in_flight = 6
-    assert free_slots(a) == 0
+    assert a.free_slots() == 0
 
 
 def test_free_capacity_filter_drops_full_workers_and_unknown_load(

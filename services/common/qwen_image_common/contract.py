@@ -69,10 +69,6 @@ class WorkerLoad(BaseModel):
         "slot when idle) plus TASK_QUEUE_SIZE.",
     )
 
-    @property
-    def free(self) -> int:
-        return max(0, self.capacity - self.running - self.waiting)
-
 
 class ErrorBody(BaseModel):
     """The spec's error shape, used by both services."""

@@ -6,13 +6,10 @@ Worker gauges are set from the registry at scrape time, so they can never drift 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from qwen_image_router.registry import WorkerState
-from qwen_image_router.scheduling.filters import is_fresh, is_ready, used_slots
+from qwen_image_router.registry import WorkerRegistry
 
 __all__ = ["CONTENT_TYPE", "RouterMetrics"]
 
@@ -76,21 +73,16 @@ class RouterMetrics:
         if duration is not None:
             self.request_duration.observe(duration)
 
-    def update_workers(
-        self, workers: Iterable[WorkerState], now: float, stale_after: float
-    ) -> None:
+    def update_workers(self, registry: WorkerRegistry, stale_after: float) -> None:
         """Set the worker gauges from the registry; workers gone from it lose their series."""
         self.worker_in_flight.clear()
         self.worker_load_ratio.clear()
-        ready = 0
-        for worker in workers:
+        for worker in registry.workers():
             self.worker_in_flight.labels(worker=worker.name).set(worker.in_flight)
-            if is_fresh(worker, now, stale_after) and is_ready(worker):
-                ready += 1
-                assert worker.load is not None
-                ratio = min(1.0, used_slots(worker) / worker.load.capacity)
-                self.worker_load_ratio.labels(worker=worker.name).set(ratio)
-        self.ready_workers.set(ready)
+        ready = registry.ready_workers(stale_after)
+        for worker in ready:
+            self.worker_load_ratio.labels(worker=worker.name).set(worker.used_ratio())
+        self.ready_workers.set(len(ready))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

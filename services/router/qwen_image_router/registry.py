@@ -43,6 +43,40 @@ class WorkerState:
     def name(self) -> str:
         return self.endpoint.name
 
+    def is_fresh(self, now: float, stale_after: float) -> bool:
+        """Its load is known only from a report younger than `stale_after`."""
+        return self.load_at is not None and now - self.load_at < stale_after
+
+    @property
+    def reports_ready(self) -> bool:
+        """Its last report says ready (loaded, warmed up, not draining), fresh or not."""
+        return self.load is not None and self.load.ready
+
+    def is_ready(self, now: float, stale_after: float) -> bool:
+        """A fresh report says ready; a stale or missing one never does."""
+        return self.is_fresh(now, stale_after) and self.reports_ready
+
+    def used_slots(self) -> int:
+        """Slots in use: the worker's report, or this router's own jobs if those are more.
+
+        The report covers every router's jobs but lags; the router's own count is exact for
+        its share. The higher of the two is the safe guess.
+        """
+        reported = 0 if self.load is None else self.load.running + self.load.waiting
+        return max(reported, self.in_flight)
+
+    def free_slots(self) -> int:
+        """Unknown load never counts as free."""
+        if self.load is None:
+            return 0
+        return max(0, self.load.capacity - self.used_slots())
+
+    def used_ratio(self) -> float:
+        """Fraction (0..1) of its capacity in use; a worker of unknown load counts as full."""
+        if self.load is None:
+            return 1.0
+        return min(1.0, self.used_slots() / self.load.capacity)
+
 
 class WorkerRegistry:
     """Holds the current worker set; keeps a worker's state while discovery keeps the worker."""
@@ -69,6 +103,11 @@ class WorkerRegistry:
 
     def workers(self) -> list[WorkerState]:
         return list(self._workers.values())
+
+    def ready_workers(self, stale_after: float) -> list[WorkerState]:
+        """The workers whose fresh load report says ready, for /readyz and the gauges."""
+        now = self._clock()
+        return [w for w in self._workers.values() if w.is_ready(now, stale_after)]
 
     def get(self, name: str) -> WorkerState | None:
         return self._workers.get(name)

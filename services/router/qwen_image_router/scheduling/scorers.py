@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from qwen_image_router.registry import WorkerState
-from qwen_image_router.scheduling.filters import used_slots
 
 
 class WorkerScorer(Protocol):
@@ -16,9 +15,7 @@ class LeastLoadedScorer:
     """Prefers the worker with the smallest used fraction of its capacity."""
 
     def score(self, worker: WorkerState) -> float:
-        if worker.load is None:
-            return 0.0
-        return max(0.0, 1.0 - used_slots(worker) / worker.load.capacity)
+        return 1.0 - worker.used_ratio()
 
 
 class NoPreferenceScorer:

@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse
 
 from qwen_image_router.api.deps import RuntimeDep, SettingsDep
 from qwen_image_router.errors import error_doc
-from qwen_image_router.scheduling.filters import is_fresh, is_ready
 from qwen_image_router.schemas import HealthStatus, ReadyStatus
 
 router = APIRouter(tags=["health"])
@@ -22,13 +21,7 @@ async def healthz(settings: SettingsDep) -> HealthStatus:
 @router.get("/readyz", response_model=ReadyStatus, responses={503: error_doc("No worker is ready")})
 async def readyz(settings: SettingsDep, runtime: RuntimeDep) -> ReadyStatus | JSONResponse:
     """200 once at least one worker's fresh report says ready, else 503."""
-    registry = runtime.registry
-    now = registry.now()
-    ready = sum(
-        1
-        for worker in registry.workers()
-        if is_fresh(worker, now, settings.load_stale_after_seconds) and is_ready(worker)
-    )
+    ready = len(runtime.registry.ready_workers(settings.load_stale_after_seconds))
     if ready == 0:
         return JSONResponse({"detail": "No worker is ready"}, status_code=503)
     return ReadyStatus(ready_workers=ready)

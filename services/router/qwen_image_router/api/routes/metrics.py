@@ -15,7 +15,7 @@ router = APIRouter(tags=["metrics"])
 
 
 def scrape(metrics: RouterMetrics, registry: WorkerRegistry, stale_after: float) -> Response:
-    metrics.update_workers(registry.workers(), registry.now(), stale_after)
+    metrics.update_workers(registry, stale_after)
     return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
