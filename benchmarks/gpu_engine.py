@@ -80,7 +80,7 @@ from qwen_image_worker.engine.acceleration import (
 )
 from qwen_image_worker.engine.base import BatchLimit, ImageSpec
 from qwen_image_worker.engine.demo_model import QWEN_IMAGE_SCHEDULER, build_demo_pipeline
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
 from qwen_image_worker.settings import WorkerSettings, parse_sizes

@@ -1,5 +1,5 @@
 """What the router's load polling costs as workers grow: one shared httpx pool against one
-pool per worker (qwen_image_router/worker_transport.py), same run, same machine.
+pool per worker (qwen_image_router/outbound/transport.py), same run, same machine.
 
 A second process serves GET /internal/v1/load on --workers loopback ports (one uvicorn
 server, one socket per worker). In this process the router's real LoadPoller polls them
@@ -32,8 +32,8 @@ from starlette.routing import Route
 
 from qwen_image_common.contract import LOAD_PATH, WorkerLoad
 from qwen_image_router.load_poller import LoadPoller
+from qwen_image_router.outbound.transport import PerWorkerTransport
 from qwen_image_router.registry import WorkerEndpoint, WorkerRegistry
-from qwen_image_router.worker_transport import PerWorkerTransport
 
 STALE_AFTER_SECONDS = 3.0
 KEEPALIVE_SECONDS = 2.0
@@ -41,7 +41,7 @@ LOAD = WorkerLoad(ready=True, running=0, waiting=0, capacity=5).model_dump()
 
 
 def shared_pool() -> httpx.AsyncClient:
-    """The router's client before worker_transport.py: one pool, 64 idle connections kept."""
+    """The router's client before outbound/transport.py: one pool, 64 idle connections kept."""
     limits = httpx.Limits(
         max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_SECONDS
     )

@@ -386,6 +386,25 @@ async def test_api_keys_guard_v1(tmp_path: Path, headers: dict[str, str], status
         assert worker.jobs == []
 
 
+async def test_refusals_before_the_route_are_counted_once_and_untimed(tmp_path: Path) -> None:
+    settings = router_settings(
+        tmp_path, [UNREACHABLE_URL], api_keys=["key-one"], max_request_body_bytes=1024
+    )
+    key = {"authorization": "Bearer key-one"}
+    async with router_client(settings) as client:
+        assert (await client.post(GENERATE, json={"prompt": "cat"})).status_code == 401
+        big = {"prompt": "cat", "negative_prompt": "x" * 2048}
+        assert (await client.post(GENERATE, json=big, headers=key)).status_code == 413
+        assert (await client.post(GENERATE, json={"n": 9}, headers=key)).status_code == 400
+        text = (await client.get("/metrics")).text
+    for status, reason in (("401", "unauthorized"), ("413", "too_large"), ("400", "validation")):
+        requests = metric_value(
+            text, "qwen_image_router_requests_total", status=status, reason=reason
+        )
+        assert requests == 1
+    assert metric_value(text, "qwen_image_router_request_duration_seconds_count") == 0
+
+
 async def test_api_keys_leave_probes_metrics_and_images_open(tmp_path: Path) -> None:
     settings = router_settings(tmp_path, [UNREACHABLE_URL], api_keys=["key-one"])
     async with router_client(settings) as client:

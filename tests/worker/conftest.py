@@ -10,7 +10,7 @@ from diffusers import QwenImageTransformer2DModel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from qwen_image_worker.engine.base import ImageSpec
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 
 # Sizes of the gpu tests (tests/worker/*_gpu.py).

@@ -21,8 +21,8 @@ from qwen_image_worker.engine.acceleration import (
 )
 from qwen_image_worker.engine.base import BatchLimit
 from qwen_image_worker.engine.cuda_graphs import AcceleratedForward
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.fp8 import Fp8Linear
-from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.engine.joint_attention import JointAttnProcessor, flash3_unavailable
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks

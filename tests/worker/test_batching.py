@@ -16,7 +16,7 @@ from PIL import Image
 
 from qwen_image_worker.engine.acceleration import relative_error
 from qwen_image_worker.engine.base import BatchLimit
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.errors import JobCancelled
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import Job, JobQueue

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 
 from .conftest import spec

@@ -21,7 +21,7 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
 )
 from qwen_image_worker.engine.base import BatchLimit, StopRequested
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
 

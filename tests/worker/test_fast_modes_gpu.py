@@ -22,8 +22,8 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
 )
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.fp8 import Fp8Linear, quantise
-from qwen_image_worker.engine.generation import Engine
 from qwen_image_worker.settings import WorkerSettings
 
 from .conftest import COMPILED, GRAPHED, captured, spec

@@ -22,7 +22,7 @@ from qwen_image_worker.engine.acceleration import (
 )
 from qwen_image_worker.engine.base import BatchLimit
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.joint_attention import install_joint_attention
 from qwen_image_worker.engine.loading import load_pipeline
 

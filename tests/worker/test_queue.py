@@ -10,7 +10,7 @@ from PIL import Image
 
 from qwen_image_common.contract import JobRequest
 from qwen_image_worker.engine.base import ONE_AT_A_TIME, BatchLimit, ImageEngine
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.errors import (
     InferenceFailed,
     JobCancelled,

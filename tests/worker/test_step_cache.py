@@ -13,7 +13,7 @@ from diffusers import QwenImagePipeline
 from qwen_image_worker.engine.acceleration import Levers, accelerate, relative_error
 from qwen_image_worker.engine.base import StopRequested
 from qwen_image_worker.engine.demo_model import build_demo_pipeline
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.step_cache import CachedBlocks, install_step_cache
 from qwen_image_worker.settings import WorkerSettings
 

@@ -39,7 +39,7 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
             )
         # Imported here, so a simulated worker never loads torch (about 1 GB a process).
         from qwen_image_worker.engine.acceleration import Levers, accelerate, batch_limit
-        from qwen_image_worker.engine.generation import Engine
+        from qwen_image_worker.engine.diffusers_engine import Engine
         from qwen_image_worker.engine.loading import load_pipeline, pick_device
 
         device = pick_device(settings.device)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from qwen_image_common.logs import configure_logging
 from qwen_image_common.serving import GracefulServer, serve_beside
@@ -22,23 +22,24 @@ from qwen_image_common.settings import load_settings
 from qwen_image_router.api.auth import ApiKeyMiddleware
 from qwen_image_router.api.body_limit import BodyLimitMiddleware
 from qwen_image_router.api.receive_timeouts import receive_timeout_protocol
+from qwen_image_router.api.request_metrics import RequestMetricsMiddleware
 from qwen_image_router.api.routes import files, health, images, models
 from qwen_image_router.api.routes import metrics as metrics_routes
 from qwen_image_router.api.routes.metrics import metrics_app
 from qwen_image_router.discovery.factory import build_discovery
-from qwen_image_router.dispatch import Dispatcher
 from qwen_image_router.errors import JSONAnswer, install_error_handlers
-from qwen_image_router.generation import ImageGenerator
+from qwen_image_router.generator import ImageGenerator
 from qwen_image_router.load_poller import LoadPoller
 from qwen_image_router.metrics import RouterMetrics
+from qwen_image_router.outbound.client import WorkerClient
+from qwen_image_router.outbound.dispatch import Dispatcher
+from qwen_image_router.outbound.transport import PerWorkerTransport
 from qwen_image_router.prompt_rewrite import build_rewriter
 from qwen_image_router.registry import WorkerRegistry
 from qwen_image_router.runtime import RouterRuntime
 from qwen_image_router.scheduling.balancer import Balancer
 from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage, RetentionTask, sweep_interval
-from qwen_image_router.worker_client import WorkerClient
-from qwen_image_router.worker_transport import PerWorkerTransport
 
 logger = logging.getLogger(__name__)
 
@@ -152,25 +153,12 @@ def create_app(settings: RouterSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.started_at = int(time.time())
 
-    def on_answer(request: Request, status: int, reason: str) -> None:
-        if request.url.path != images.GENERATIONS_PATH:
-            return
-        started: float | None = getattr(request.state, "started", None)
-        duration = None if started is None else time.monotonic() - started
-        metrics.record_request(status, reason, duration)
-
-    install_error_handlers(app, on_answer)
-    # Added last runs first: the key is checked before the body is read.
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit=settings.max_request_body_bytes,
-        on_reject=lambda request: on_answer(request, 413, "too_large"),
-    )
-    app.add_middleware(
-        ApiKeyMiddleware,
-        keys=settings.api_keys,
-        on_reject=lambda request: on_answer(request, 401, "unauthorized"),
-    )
+    install_error_handlers(app)
+    # Added last runs first: the key is checked before the body is read, and every answer
+    # of the generations route is counted, refusals of the other two included.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, path=images.GENERATIONS_PATH)
     for module in (health, models, images, files):
         app.include_router(module.router)
     if not settings.metrics_port:

@@ -7,7 +7,6 @@ retries 5xx by itself) whether a retry can help: only a full queue can clear by 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -130,9 +129,6 @@ def error_response(error: RouterError) -> JSONAnswer:
     )
 
 
-AnswerHook = Callable[[Request, int, str], None]
-
-
 def error_doc(description: str) -> dict[str, Any]:
     """An error answer of a route, for its `responses`: the spec's shape."""
     return {"model": ErrorBody, "description": description}
@@ -172,17 +168,14 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Render every error in the spec's shape, and document them so; no 422 ever leaves
-    the router.
-
-    `on_answer(request, status, reason)` sees every error answer, for metrics.
-    """
+    the router. Each answer names its reason for the request's metrics."""
     _document_errors(app)
 
     async def on_router_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RouterError)
-        on_answer(request, exc.status_code, exc.reason)
+        request.state.answer_reason = exc.reason
         return error_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -197,20 +190,15 @@ def install_error_handlers(app: FastAPI, on_answer: AnswerHook) -> None:
             # FastAPI's answer to a body its JSON parser gave up on (nested too deep, an
             # integer too long, bytes that are no text): bad JSON, as the spec words it.
             return await on_router_error(request, ValidationFailed(NOT_JSON))
-        detail = exc.detail
         headers = dict(exc.headers or {})
-        reason = "http_error"
         if exc.status_code == 413:
             # The rest of the body is not read: closing is the only way to refuse it, or the
             # server would read it to its end to find the next request.
             headers.update({"x-should-retry": "false", "connection": "close"})
-            reason = "too_large"
-        on_answer(request, exc.status_code, reason)
-        return JSONAnswer({"detail": detail}, status_code=exc.status_code, headers=headers)
+        return JSONAnswer({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette logs the exception itself after this answer is sent.
-        on_answer(request, 500, "internal")
         return JSONAnswer({"detail": "Internal server error"}, status_code=500)
 
     app.add_exception_handler(RouterError, on_router_error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qwen_image_router.generation import ImageGenerator
+from qwen_image_router.generator import ImageGenerator
 from qwen_image_router.registry import WorkerRegistry
 from qwen_image_router.storage import ImageStorage
 

@@ -1,6 +1,6 @@
 """What the job queue needs from an engine, kept free of torch.
 
-The real engine (generation.py) and the simulated one (simulated.py) both fit
+The real engine (diffusers_engine.py) and the simulated one (simulated.py) both fit
 `ImageEngine`; a worker that runs the simulated one never imports torch or diffusers, so
 dozens of them fit on a small machine for load and fault tests.
 """

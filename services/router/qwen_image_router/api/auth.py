@@ -7,7 +7,7 @@ carry no key. Keys are compared in constant time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,15 +34,9 @@ def key_matches(header: str | None, keys: Sequence[bytes]) -> bool:
 class ApiKeyMiddleware:
     """Answers 401 `Invalid or missing API key` for /v1/* without a valid bearer key."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        keys: Sequence[str],
-        on_reject: Callable[[Request], None] | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
         self.app = app
         self._keys = [key.encode() for key in keys]
-        self._on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -54,6 +48,4 @@ class ApiKeyMiddleware:
         if key_matches(request.headers.get("authorization"), self._keys):
             await self.app(scope, receive, send)
             return
-        if self._on_reject is not None:
-            self._on_reject(request)
         await error_response(Unauthorized())(scope, receive, send)

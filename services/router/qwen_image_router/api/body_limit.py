@@ -7,11 +7,8 @@ way the connection is closed after the 413: the rest of the body is never read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fastapi import HTTPException
 from starlette.datastructures import Headers
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwen_image_router.errors import JSONAnswer
@@ -29,12 +26,9 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    def __init__(
-        self, app: ASGIApp, limit: int, on_reject: Callable[[Request], None] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self._on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,8 +64,6 @@ class BodyLimitMiddleware:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._on_reject is not None:
-            self._on_reject(Request(scope, receive))
         response = JSONAnswer(
             {"detail": too_large_detail(self.limit)},
             status_code=413,

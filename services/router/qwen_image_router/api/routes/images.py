@@ -21,7 +21,7 @@ from qwen_image_router.errors import (
     StorageFailed,
     error_doc,
 )
-from qwen_image_router.generation import Generation
+from qwen_image_router.generator import Generation
 from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
 from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage
@@ -58,7 +58,7 @@ async def create_images(
         raise ModelNotAvailable(requested)
 
     started = time.monotonic()
-    request.state.started = started
+    request.state.answer_started = started
     job_id = uuid.uuid4().hex
     width, height = body.dimensions()
     outcome, worker = "cancelled", "-"
@@ -92,7 +92,6 @@ async def create_images(
             outcome,
             time.monotonic() - started,
         )
-    metrics.record_request(200, "ok", time.monotonic() - started)
     return ImagesResponse(created=int(time.time()), data=data)
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from qwen_image_common.contract import JobRequest, JobResult
 from qwen_image_router.errors import QueueFull, TaskTimeout
 from qwen_image_router.metrics import RouterMetrics
+from qwen_image_router.outbound.client import Refused, WorkerClient
 from qwen_image_router.registry import WorkerRegistry
 from qwen_image_router.scheduling.balancer import Balancer
 from qwen_image_router.scheduling.saturation import Saturated
-from qwen_image_router.worker_client import Refused, WorkerClient
 
 logger = logging.getLogger(__name__)
 

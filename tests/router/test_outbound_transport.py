@@ -10,10 +10,10 @@ import ssl
 import httpx
 import pytest
 from router_fakes import UNREACHABLE_URL, FakeWorker, serve
-from test_worker_client import job
+from test_outbound_client import job
 
 from qwen_image_common.contract import JOBS_PATH, LOAD_PATH
-from qwen_image_router.worker_transport import PerWorkerTransport, origin_of
+from qwen_image_router.outbound.transport import PerWorkerTransport, origin_of
 
 
 def client(transport: PerWorkerTransport) -> httpx.AsyncClient:

@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass
 
 from qwen_image_common.contract import GeneratedImage, JobRequest
-from qwen_image_router.dispatch import Dispatcher
 from qwen_image_router.errors import TaskTimeout
+from qwen_image_router.outbound.dispatch import Dispatcher
 from qwen_image_router.prompt_rewrite import PromptRewriter
 from qwen_image_router.schemas import MAX_SEED, ImageGenerationRequest
 

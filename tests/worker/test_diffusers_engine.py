@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qwen_image_worker.engine.base import StopRequested
-from qwen_image_worker.engine.generation import Engine
+from qwen_image_worker.engine.diffusers_engine import Engine
 
 from .conftest import spec
 

@@ -12,8 +12,8 @@ from router_fakes import UNREACHABLE_URL, DroppingWorker, FakeWorker, serve
 
 from qwen_image_common.contract import JobRequest, JobResult, WorkerLoad
 from qwen_image_router.errors import InferenceFailed, TaskTimeout
+from qwen_image_router.outbound.client import Refused, WorkerClient
 from qwen_image_router.registry import WorkerEndpoint, WorkerRegistry, WorkerState
-from qwen_image_router.worker_client import Refused, WorkerClient
 
 BLOCK = 5.0
 
