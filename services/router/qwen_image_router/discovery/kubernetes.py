@@ -296,9 +296,6 @@ class KubernetesDiscovery:
         if not isinstance(obj, Mapping):
             return
         kind = event.get("type")
-        if kind == "ERROR":
-            # Watch.stream raises these itself; kept for a client that passes them through.
-            raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
         metadata = obj.get("metadata") or {}
         if kind in ("ADDED", "MODIFIED"):
             self._slices[metadata["name"]] = obj
