@@ -25,7 +25,3 @@ def env_names(settings: type[BaseSettings]) -> list[str]:
 def test_every_environment_variable_is_in_the_readme(settings: type[BaseSettings]) -> None:
     missing = [name for name in env_names(settings) if f"`{name}`" not in README]
     assert not missing, f"README lacks {missing}"
-
-
-def test_readme_shows_the_two_commands() -> None:
-    assert "make run" in README and "make test" in README

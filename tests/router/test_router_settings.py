@@ -50,23 +50,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_defaults_follow_the_spec(env: pytest.MonkeyPatch) -> None:
-    settings = RouterSettings()
-    assert settings.model_name == "Qwen-Image"
-    assert settings.port == 6002 and settings.host == "0.0.0.0"
-    assert settings.task_timeout_seconds == 600.0
-    assert settings.image_output_dir == Path("./data/images")
-    assert settings.image_download_url_prefix is None
-    assert settings.enable_prompt_rewrite is False
-    assert settings.api_keys == []
-    assert settings.discovery == "static"
-    assert settings.load_poll_interval_seconds == 0.5
-    assert settings.load_stale_after_seconds == 3.0
-    assert settings.image_retention_seconds == 86400
-    assert settings.image_retention_max_bytes == 10 * 1024**3
-    assert settings.max_request_body_bytes == 1024**2
-
-
 def test_environment_names_and_comma_lists(env: pytest.MonkeyPatch) -> None:
     env.setenv("TASK_TIMEOUT", "12.5")
     env.setenv("WORKER_URLS", " http://w1:6101/ ,http://w2:6102,, ")

@@ -36,16 +36,6 @@ def test_capture_safe_text_lengths_equal_diffusers_own(case: str) -> None:
         assert ours[1] is not None and ours[1].tolist() == [7, 3, 5]
 
 
-def test_graphs_put_the_capture_safe_text_lengths_in_the_transformers_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(transformer_qwenimage, "compute_text_seq_len_from_mask", STOCK_TEXT_LENGTHS)
-    AcceleratedForward(lambda **_: None, None, graph_max_pixels=0)
-    assert transformer_qwenimage.compute_text_seq_len_from_mask is STOCK_TEXT_LENGTHS
-    AcceleratedForward(lambda **_: None, None, graph_max_pixels=512 * 512)
-    assert transformer_qwenimage.compute_text_seq_len_from_mask is capture_safe_text_lengths
-
-
 def test_a_pipeline_call_and_a_graph_capture_share_one_compiled_block() -> None:
     """The pipeline passes attention_kwargs={}, a graph capture passes none; compiled blocks
     guard on which, so without the wrapper's normalising each block variant compiles twice
