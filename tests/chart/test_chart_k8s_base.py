@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from render_k8s_base import BASE_DIR, NAMESPACE, REGENERATE_COMMAND, base_files, objects, render
+from render_k8s_base import BASE_DIR, NAMESPACE, REGENERATE_COMMAND, base_files, base_objects
 
 
 def test_base_equals_default_rendering() -> None:
@@ -23,11 +23,16 @@ def test_kustomization_lists_every_object_of_the_release() -> None:
     resources = kustomization["resources"]
     assert all((BASE_DIR / r).is_file() for r in resources)
     from_files = [yaml.safe_load((BASE_DIR / r).read_text()) for r in resources]
-    rendered = objects(render())
+    rendered = base_objects()
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     assert sorted(from_files, key=key) == sorted(rendered, key=key)
     # The helm test hook is not a resource of the plain install.
     assert "Pod" not in {o["kind"] for o in from_files}
+
+
+def test_no_object_of_the_base_claims_helm_manages_it() -> None:
+    text = "".join(p.read_text() for p in BASE_DIR.glob("*.yaml"))
+    assert "managed-by: Helm" not in text and "helm.sh/chart" not in text
 
 
 def test_overlay_example_patches_the_model_volume() -> None:
