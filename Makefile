@@ -1,4 +1,5 @@
-# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Two commands do everything on a fresh machine: `make run` and `make test` (what CI runs).
+# `make check` is the inner loop: lint, types and the unit tests, in a couple of minutes.
 # The venv is rebuilt only when pyproject.toml changes; pip's cache (PIP_CACHE_DIR, by
 # default ~/.cache/pip) keeps torch and the other large wheels, so they download once.
 
@@ -8,7 +9,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
-LINT_PATHS := services tests $(wildcard benchmarks)
+LINT_PATHS := services tests tools $(wildcard benchmarks)
+# Tests that start no model and no cluster: the router's parts, the chart, the shared code.
+UNIT_TESTS := tests/router tests/chart tests/common tests/local
 
 # Tests talk to loopback only. pytest runs in a network namespace of its own whose one
 # interface is `lo`, so nothing a test starts (simulated pods' addresses included) can send
@@ -16,7 +19,7 @@ LINT_PATHS := services tests $(wildcard benchmarks)
 ISOLATED := $(if $(filter 0,$(shell id -u)),unshare --net,unshare --net --map-root-user) \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install run test lint typecheck k8s-binaries fa3-wheel clean
+.PHONY: install run check test lint typecheck k8s-binaries fa3-wheel clean
 
 install: $(STAMP)
 
@@ -47,6 +50,9 @@ k8s-binaries:
 # kernels need a Hopper GPU; the tests check that it installs and loads here.
 fa3-wheel: install
 	PYTHON=$(PY) tools/fa3/build.sh build/fa3
+
+check: lint typecheck
+	$(ISOLATED) $(PY) -m pytest -q $(PYTEST_ARGS) $(UNIT_TESTS)
 
 test: lint typecheck k8s-binaries fa3-wheel
 	$(ISOLATED) $(PY) -m pytest $(PYTEST_ARGS)
