@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
-# Issue 5, round 9: one device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there).
-# Round 8 (benchmarks/results/*round8*) passed all 33 GPU tests and made FLASH3_PADDED_BATCHES
-# a default: 512x512 in 3.28 s (the 3.5 s goal met); 1328 and 1024 stay at 22.7 s and 12.6 s
-# against 19 s and 10 s, which the H200's kernels do not allow losslessly (README, "GPU
-# speed"). This run confirms the defaults in one run with the full queue:
+# One device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there): the GPU tests,
+# then the engine against stock diffusers with today's defaults (docs/performance.md):
 #   GPU tests       all of them (33)
 #   lossless        the defaults at 1328x1328, 1024x1024, 512x512, 256x256, warmed up at
 #                   every served size; profiled at 1328/1024; probed at 512/256
@@ -11,7 +8,7 @@
 #                   per batch limit 1, 2, 4, 8: images/s, busy fraction, pictures vs alone
 #   sdpa-padded     at 512/256: what FA3 over used keys (the default) gains over SDPA's mask
 #   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the defaults, profiled
-#                   at 1328/1024 (10.1-10.2 s at 1024 in round 8: where its time goes)
+#                   at 1328/1024: where its time goes
 # in that order: the benchmark skips what would start too late.
 # Everything lands in $OUT (6 files); the tables are printed last.
 # Ends within DEADLINE (560 s): the benchmark gets what is left as a budget, skips sections
@@ -24,9 +21,9 @@
 # pydantic, fastapi and what the image lacks of their needs, and FA3 built for torch 2.11:
 # benchmarks/device_wheels.sh fills it.
 #
-# Time estimates, from rounds 6 to 8 (the machine started in about 30 s):
+# Time estimates, from earlier runs (the machine started in about 30 s):
 #   wheels install and the import / FA3 check ............................ ~25 s
-#   pytest tests/worker -m gpu: 33 tests (118 s in round 8) ............... ~160 s (cap 240)
+#   pytest tests/worker -m gpu: 33 tests .................................. ~160 s (cap 240)
 #   benchmark, --steps 12:
 #     imports, CUDA start, the 20B random model built .................... ~17 s
 #     stock: warm-up 2 + 12 steps + a spread run, four sizes ............. ~45 s

@@ -1,7 +1,7 @@
 """Where a transformer forward's time goes: matmuls, attention, fused elementwise kernels.
 
-Issue 5's goals at 1328x1328 and 1024x1024 are compute-bound. The largest matmuls already
-run at the card's bf16 peak (round 3), so the gap to the compute floor must be in attention
+At 1328x1328 and 1024x1024 a forward is compute-bound. The largest matmuls already
+run at the card's bf16 peak, so the gap to the compute floor must be in attention
 or the work between matmuls; this splits one forward's GPU time by kind of kernel and sets
 each beside its arithmetic (analytic FLOPs of Qwen-Image's joint blocks), so a run says
 which kind to attack. On the CPU (--tiny) the same split is made of the operators' own time.

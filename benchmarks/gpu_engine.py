@@ -171,13 +171,13 @@ VARIANTS = {
             {"flash3_padded_batches": False},
             True,
             "the defaults with the masked calls (a padded text) through SDPA's mask, cuDNN "
-            "first, not FA3 over used keys (the default before round 8)",
+            "first, not FA3 over used keys (FLASH3_PADDED_BATCHES=false)",
         ),
         Variant(
             "cudnn+separate-gelu",
             {"attention_backend": "cudnn", "gelu_epilogue": False},
             True,
-            "the defaults before round 7: SDPA cuDNN-first, the GELU as its own kernel",
+            "SDPA cuDNN-first and the GELU as its own kernel, the other defaults kept",
         ),
         Variant(
             "fp8",
@@ -950,7 +950,7 @@ class Bench:
         return row
 
     def after_lossless(self) -> None:
-        """What round 1 measured of the default engine: images/s by batch, a full queue."""
+        """The default engine's images/s by batch size, and under a full queue."""
         if self.plan.throughput:
             self.throughput("engine")
         if self.plan.queue:

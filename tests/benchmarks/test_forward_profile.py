@@ -10,7 +10,7 @@ import pytest
 import torch
 
 QWEN_IMAGE = SimpleNamespace(num_attention_heads=24, attention_head_dim=128, num_layers=60)
-H200_BF16_FLOPS = 790e12  # issue 5's measured peak
+H200_BF16_FLOPS = 790e12  # the H200's bf16 matmul peak, as measured
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ class WorkerSettings(BaseSettings):
         ge=0,
         description="Most pixels one batched call makes in all: the default batches up to 4 "
         "images at 512x512 and 8 at 256x256 and leaves 1024x1024 and larger alone, which an "
-        "H200 runs compute-bound one at a time (README, GPU speed).",
+        "H200 runs compute-bound one at a time (docs/performance.md).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where the model runs; auto picks CUDA when available."
@@ -142,7 +142,7 @@ class WorkerSettings(BaseSettings):
         description="torch.compile the VAE decoder (dynamic shapes). Off by default: the "
         "decode is a small part of a job, and compiling it adds to every start-up.",
     )
-    # Opt-in fast modes: faster than the levers above, not lossless (README, "GPU speed").
+    # Opt-in fast modes: faster than the levers above, not lossless (docs/performance.md).
     fp8_matmuls: bool = Field(
         default=False,
         description="FP8 (e4m3) matmuls for the attention and MLP layers of the transformer "

@@ -5,9 +5,8 @@ Qwen-Image's blocks run `gelu_tanh(x @ W + b)` on a hidden 4x as wide as the mod
 written again by the GELU. On CUDA, `torch._addmm_activation(..., use_gelu=True)` hands
 the GELU to cuBLASLt's GELU_BIAS epilogue, one write in all, rounding to bf16 once instead
 of twice; where cuBLASLt does not take a shape, PyTorch runs the two steps, with the same
-tanh approximation on every CUDA path (pytorch/pytorch#104061). On an H200 it made 50
-steps 2.0 % faster at 1328x1328 and 1.1 % at 1024x1024 (round 6 of benchmarks/device_run.sh,
-variant `gelu-epilogue` then, `separate-gelu` now). On a CPU that operator computes the exact
+tanh approximation on every CUDA path (pytorch/pytorch#104061); docs/performance.md has
+what it gains. On a CPU that operator computes the exact
 (erf) GELU, another function, so there the two steps run as diffusers writes them.
 """
 

@@ -3,7 +3,7 @@
 diffusers' QwenImagePipeline (0.42) calls the transformer twice a step, with the prompt's
 text and then the negative prompt's, on the same latents. At small sizes a forward is
 launch-bound: on an H200 at 512x512 one forward of a batch of two took 0.068 s against
-2 x 0.038 s for two of one (round 3's probe). This lever joins them: the first call runs
+2 x 0.038 s for two of one. This lever joins them: the first call runs
 both halves (texts padded to one length and masked, as a batch of jobs is) and answers with
 the prompt's half; the second is answered with the negative's half without a forward.
 
