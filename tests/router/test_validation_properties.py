@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from qwen_image_common.contract import MAX_IMAGES_PER_JOB, MAX_PROMPT_CHARS
+from qwen_image_common.requests import describe_validation_errors
 from qwen_image_router.api.auth import key_matches
-from qwen_image_router.errors import describe_validation_errors
 from qwen_image_router.schemas import (
     ASPECT_RATIOS,
     MAX_SEED,
