@@ -1,4 +1,4 @@
-"""The worker's internal API, served by the real `qwen-image worker` process."""
+"""The worker's internal API, served by the real `qwen-image-worker` process."""
 
 from __future__ import annotations
 
