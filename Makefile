@@ -1,13 +1,16 @@
 # Two commands do everything on a fresh machine: `make run` and `make test` (what CI runs).
 # `make check` is the inner loop: lint, types and the unit tests, in a couple of minutes.
-# The venv is rebuilt only when pyproject.toml changes; pip's cache (PIP_CACHE_DIR, by
-# default ~/.cache/pip) keeps torch and the other large wheels, so they download once.
+# The venv holds exactly uv.lock's versions and is synced again only when uv.lock or
+# pyproject.toml changes; uv's cache (UV_CACHE_DIR, by default ~/.cache/uv) keeps torch and
+# the other large wheels, so they download once.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
+# uv itself is the version uv.lock records (the dev extra); the Dockerfiles read it the same way.
+UV_VERSION := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"$$/\1/p}' uv.lock)
 PYTEST_ARGS ?=
 LINT_PATHS := services tests tools $(wildcard benchmarks)
 # Tests that start no model and no cluster: the router's parts, the chart, the shared code.
@@ -19,16 +22,22 @@ UNIT_TESTS := tests/router tests/chart tests/common tests/local
 ISOLATED := $(if $(filter 0,$(shell id -u)),unshare --net,unshare --net --map-root-user) \
 	sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install run check test lint typecheck k8s-binaries fa3-wheel clean
+.PHONY: install lock run check test lint typecheck k8s-binaries fa3-wheel images skaffold-schema clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --inexact keeps the venv's own pip, which tools/fa3/build.sh fetches its compiler with.
+$(STAMP): pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[router,worker,dev]'
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv sync --quiet --frozen --inexact --all-extras
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# Resolves pyproject.toml's ranges again into uv.lock (tests/test_lock.py fails while the two
+# disagree); `make install` then installs what it wrote.
+lock: install
+	$(VENV)/bin/uv lock
 
 run: install
 	$(VENV)/bin/qwen-image up
@@ -51,10 +60,20 @@ k8s-binaries:
 fa3-wheel: install
 	PYTHON=$(PY) tools/fa3/build.sh build/fa3
 
-check: lint typecheck
+# Both images, built with podman from the Dockerfiles (tools/images/build.sh: about N
+# minutes the first time, seconds when nothing changed); tests/images runs them.
+images:
+	tools/images/build.sh
+
+# skaffold's JSON schema from skaffold's Go module (once per machine), which
+# tests/chart/test_chart_skaffold.py checks skaffold.yaml against.
+skaffold-schema:
+	tools/images/skaffold-schema.sh
+
+check: lint typecheck skaffold-schema
 	$(ISOLATED) $(PY) -m pytest -q $(PYTEST_ARGS) $(UNIT_TESTS)
 
-test: lint typecheck k8s-binaries fa3-wheel
+test: lint typecheck k8s-binaries fa3-wheel images skaffold-schema
 	$(ISOLATED) $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
