@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 from chart_helpers import container, find
 from render_k8s_base import CHART_DIR, REPO_ROOT, objects, render
@@ -21,9 +26,26 @@ def release() -> dict[str, Any]:
     return result
 
 
+def test_skaffold_yaml_follows_skaffold_schema() -> None:
+    """The JSON schema skaffold's own Go module ships for the file's apiVersion; `make test`
+    fetches it first (tools/images/skaffold-schema.sh), with the network this test lacks."""
+    fetched = subprocess.run(
+        [str(REPO_ROOT / "tools/images/skaffold-schema.sh")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"GOPROXY": "off"},
+    )
+    assert fetched.returncode == 0, f"run tools/images/skaffold-schema.sh:\n{fetched.stderr}"
+    schema = json.loads(Path(fetched.stdout.strip()).read_text())
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(skaffold())
+    ]
+    assert errors == []
+
+
 def test_schema_version_and_artifacts() -> None:
     config = skaffold()
-    assert config["apiVersion"] == "skaffold/v4beta14"
     assert config["kind"] == "Config"
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
     assert artifacts["qwen-image-router"]["context"] == "."
@@ -85,3 +107,21 @@ def test_cpu_profile_requests_no_gpu() -> None:
     assert env["MODEL_PATH"] == "demo" and env["DEVICE"] == "cpu"
     forward = skaffold()["portForward"][0]
     assert forward["resourceName"] == "qwen-image-router" and forward["localPort"] == 6002
+
+
+def test_podman_profile_builds_the_same_dockerfiles() -> None:
+    """`-p podman` swaps the builder only: same images, contexts and Dockerfiles."""
+    (podman,) = [p for p in skaffold()["profiles"] if p["name"] == "podman"]
+    docker = {
+        a["image"]: (a["context"], a["docker"]["dockerfile"])
+        for a in skaffold()["build"]["artifacts"]
+    }
+    custom = {
+        a["image"]: (a["context"], a["custom"]["dependencies"]["dockerfile"]["path"])
+        for a in podman["build"]["artifacts"]
+    }
+    assert custom == docker
+    for artifact in podman["build"]["artifacts"]:
+        script, dockerfile = artifact["custom"]["buildCommand"].split()
+        assert (REPO_ROOT / script).is_file()
+        assert dockerfile == artifact["custom"]["dependencies"]["dockerfile"]["path"]
