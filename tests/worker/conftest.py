@@ -82,9 +82,10 @@ def compile_blocks_and_vary_shapes(
     transformer: QwenImageTransformer2DModel, text_dim: int
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """Regionally compile `transformer`'s blocks (dynamic shapes, aot_eager) and run three
-    image sizes and prompt lengths; returns the graphs dynamo made, and the compiled and the
-    eager output of the first. Sizes equal no model width: dynamo would tie equal sizes
-    to one symbol."""
+    image sizes and prompt lengths; returns the graphs dynamo made for the second and third
+    (none where dynamic shapes cover them; how many the first needs depends on PyTorch's
+    version), and the compiled and the eager output of the first. Sizes equal no model
+    width: dynamo would tie equal sizes to one symbol."""
     torch._dynamo.reset()
     first = forward_inputs(5, 7, 9, text_dim=text_dim)
     try:
@@ -94,9 +95,10 @@ def compile_blocks_and_vary_shapes(
                 block.compile(fullgraph=True, dynamic=True, backend="aot_eager")
             torch._dynamo.utils.counters.clear()
             compiled = transformer(**first)[0]
+            first_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
             transformer(**forward_inputs(6, 7, 11, text_dim=text_dim))
             transformer(**forward_inputs(3, 10, 23, text_dim=text_dim))
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - first_graphs
         return graphs, compiled, eager
     finally:
         torch._dynamo.reset()

@@ -38,6 +38,6 @@ def test_fp8_projections_keep_their_own_path() -> None:
 def test_an_epilogue_block_compiles_once_for_every_size_and_text_length() -> None:
     transformer = random_transformer(layers=2, heads=3, text_dim=16)
     use_gelu_epilogues(transformer)
-    graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=16)
-    assert graphs == 1
+    new_graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=16)
+    assert new_graphs == 0
     assert relative_error(compiled, eager) < 1e-6

@@ -142,6 +142,6 @@ def test_an_fp8_block_compiles_once_for_every_size_and_text_length() -> None:
     transformer = deep_transformer(layers=2)
     install_joint_attention(transformer, fuse=True, real_rope=True)
     quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
-    graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=32)
-    assert graphs == 1
+    new_graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=32)
+    assert new_graphs == 0
     assert relative_error(compiled, eager) < 1e-6
