@@ -60,8 +60,9 @@ k8s-binaries:
 fa3-wheel: install
 	PYTHON=$(PY) tools/fa3/build.sh build/fa3
 
-# Both images, built with podman from the Dockerfiles (tools/images/build.sh: about N
-# minutes the first time, seconds when nothing changed); tests/images runs them.
+# Both images, built with podman from the Dockerfiles (tools/images/build.sh: 16 minutes
+# the first time on a 2-core machine, seconds when nothing changed; docs/kubernetes.md);
+# tests/images runs them.
 images:
 	tools/images/build.sh
 

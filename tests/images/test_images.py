@@ -94,6 +94,13 @@ def run_args(pod: dict[str, Any], env: dict[str, str], mounts: dict[str, str]) -
     return [a for a in args if a] + [image]
 
 
+def loopback(pod: dict[str, Any]) -> dict[str, str]:
+    """HOST and a free loopback port for each port the chart sets (PORT, METRICS_PORT)."""
+    (container,) = pod["containers"]
+    ports = [e["name"] for e in container["env"] if e["name"] in ("PORT", "METRICS_PORT")]
+    return {"HOST": "127.0.0.1"} | {name: str(free_port()) for name in ports}
+
+
 def tmpfs_size(quantity: str) -> str:
     """A Kubernetes quantity in binary units (256Mi) as tmpfs's size option (256m)."""
     number, unit = quantity[:-2], quantity[-2:]
@@ -133,33 +140,26 @@ def stack(api: EndpointSliceApiStub, tmp_path: Path) -> Iterator[Stack]:
     pods = deployments()
     name = f"qwen-image-test-{os.getpid()}"
     started: list[Container] = []
-    router_port, worker_port, metrics_port = free_port(), free_port(), free_port()
     kubeconfig = write_kubeconfig(api, tmp_path / "kubeconfig")
     kubeconfig.chmod(0o644)
+    worker_env = loopback(pods["worker"])
+    router_env = loopback(pods["router"]) | {"KUBECONFIG": "/etc/qwen-image/kubeconfig"}
     try:
         worker = Container(
             f"{name}-worker",
-            run_args(
-                pods["worker"],
-                {"HOST": "127.0.0.1", "PORT": str(worker_port), "METRICS_PORT": str(metrics_port)},
-                {},
-            ),
+            run_args(pods["worker"], worker_env, {}),
         )
         started.append(worker)
         router = Container(
             f"{name}-router",
             run_args(
                 pods["router"],
-                {
-                    "HOST": "127.0.0.1",
-                    "PORT": str(router_port),
-                    "KUBECONFIG": "/etc/qwen-image/kubeconfig",
-                },
+                router_env,
                 {str(kubeconfig): "/etc/qwen-image/kubeconfig"},
             ),
         )
         started.append(router)
-        worker_url = f"http://127.0.0.1:{worker_port}"
+        worker_url = f"http://127.0.0.1:{worker_env['PORT']}"
         wait_until(lambda: answers(worker_url + "/readyz"), 180, "the worker container")
         api.apply(
             endpoint_slice(
@@ -167,10 +167,10 @@ def stack(api: EndpointSliceApiStub, tmp_path: Path) -> Iterator[Stack]:
                 [endpoint("127.0.0.1", pod="worker-0", ready=True)],
                 namespace=NAMESPACE,
                 name="qwen-image-worker-0",
-                ports=(("http", worker_port),),
+                ports=(("http", int(worker_env["PORT"])),),
             )
         )
-        url = f"http://127.0.0.1:{router_port}"
+        url = f"http://127.0.0.1:{router_env['PORT']}"
         wait_until(lambda: answers(url + "/readyz"), 60, "the router container to see the worker")
         yield Stack(router, worker, url, worker_url)
     finally:
