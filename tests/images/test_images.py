@@ -24,8 +24,8 @@ import httpx
 import openai
 import pytest
 import yaml
-from chart.render_k8s_base import REPO_ROOT, objects, render
 from PIL import Image
+from render_k8s_base import REPO_ROOT, objects, render
 
 from support.k8s_api_stub import EndpointSliceApiStub, endpoint, endpoint_slice, write_kubeconfig
 from support.processes import answers, free_port, wait_until
