@@ -1140,7 +1140,7 @@ class Bench:
             "engine_busy_fraction": round(engine.busy_s / wall, 4),
             "gpu_utilisation_nvml": utilisation,
         }
-        return row, [png_pixels(result.images[0].png_b64) for result in results]
+        return row, [png_pixels(result.images[0].b64) for result in results]
 
     def over_budget(self, what: str) -> bool:
         if self.plan.budget_s is None or self.clock.elapsed() < self.plan.budget_s:

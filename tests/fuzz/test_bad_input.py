@@ -221,6 +221,10 @@ FIELDS = st.sampled_from(
         "aspect_ratio",
         "stream",
         "output_format",
+        "output_compression",
+        "quality",
+        "background",
+        "partial_images",
     ]
 )
 GOOD_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -231,6 +235,11 @@ GOOD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "guidance_scale": st.floats(2.5, 6.5),
     "aspect_ratio": st.sampled_from(["1:1", "16:9", "9:16", "4:3", "3:4", "2:1"]),
     "seed": st.integers(-1, 2**32),
+    "output_format": st.sampled_from(["png", "jpeg", "webp", "gif", "JPEG"]),
+    "output_compression": st.integers(-1, 101),
+    "quality": st.sampled_from(["auto", "low", "medium", "high", "standard", "hd", "ultra"]),
+    "background": st.sampled_from(["auto", "opaque", "transparent"]),
+    "partial_images": st.integers(-1, 4),
 }
 BODIES = st.dictionaries(
     FIELDS | st.text(max_size=10), JSON_VALUES, max_size=8

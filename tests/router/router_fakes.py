@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +32,7 @@ from qwen_image_common.contract import (
     JobResult,
     WorkerLoad,
 )
+from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat, encode_image
 from qwen_image_router.app import create_app
 from qwen_image_router.settings import RouterSettings
 
@@ -72,12 +72,10 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
-def png_bytes(width: int, height: int, seed: int) -> bytes:
-    """A real PNG of the asked size whose colour depends on the seed."""
+def png_bytes(width: int, height: int, seed: int, fmt: ImageFormat = "png") -> bytes:
+    """A real image file (PNG unless asked) of the asked size whose colour depends on the seed."""
     image = Image.new("RGB", (width, height), (seed % 256, (seed // 256) % 256, 7))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode_image(image, fmt, DEFAULT_COMPRESSION)
 
 
 class FakeWorker:
@@ -130,7 +128,9 @@ class FakeWorker:
         images = [
             GeneratedImage(
                 seed=seed,
-                png_b64=base64.b64encode(png_bytes(job.width, job.height, seed)).decode(),
+                b64=base64.b64encode(
+                    png_bytes(job.width, job.height, seed, job.output_format)
+                ).decode(),
             )
             for seed in job.seeds
         ]

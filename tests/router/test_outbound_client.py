@@ -55,7 +55,7 @@ async def test_a_result_comes_back_with_one_png_per_seed(http: httpx.AsyncClient
         result = await WorkerClient(http, registry, BLOCK).run_job(state, job())
     assert isinstance(result, JobResult)
     assert [image.seed for image in result.images] == [7, 8]
-    assert base64.b64decode(result.images[0].png_b64).startswith(b"\x89PNG")
+    assert base64.b64decode(result.images[0].b64).startswith(b"\x89PNG")
     assert worker.jobs[0].seeds == [7, 8] and worker.jobs[0].width == 64
     assert state.in_flight == 0
 

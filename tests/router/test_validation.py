@@ -88,7 +88,23 @@ INVALID: list[tuple[Any, str]] = [
         bad("aspect_ratio", "Input should be '1:1', '16:9', '9:16', '4:3' or '3:4'"),
     ),
     ({"prompt": "cat", "stream": True}, bad("stream", "streaming is not supported")),
-    ({"prompt": "cat", "output_format": "webp"}, bad("output_format", "Input should be 'png'")),
+    (
+        {"prompt": "cat", "output_format": "gif"},
+        bad("output_format", "Input should be 'png', 'jpeg' or 'webp'"),
+    ),
+    (
+        {"prompt": "cat", "output_compression": 101},
+        bad("output_compression", "Input should be less than or equal to 100"),
+    ),
+    (
+        {"prompt": "cat", "output_compression": -1},
+        bad("output_compression", "Input should be greater than or equal to 0"),
+    ),
+    (
+        {"prompt": "cat", "background": "transparent"},
+        bad("background", "Qwen-Image makes opaque pictures"),
+    ),
+    ({"prompt": "cat", "quality": "ultra"}, bad("quality", "Input should be 'auto'")),
     ({"prompt": "cat", "model": 3}, bad("model", "Input should be a valid string")),
     ([{"prompt": "cat"}], "Validation error: request body must be a JSON object"),
     ("a cat", "Validation error: request body must be a JSON object"),
@@ -156,7 +172,7 @@ async def test_unknown_openai_fields_and_nulls_are_accepted(client: httpx.AsyncC
         "background": "auto",
         "moderation": "low",
         "output_compression": 80,
-        "output_format": "png",
+        "output_format": "webp",
         "stream": False,
         "n": None,
         "size": None,

@@ -51,7 +51,12 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
         "num_inference_steps": st.integers(1, 50),
         "aspect_ratio": st.sampled_from(list(ASPECT_RATIOS)),
         "stream": st.just(False),
-        "output_format": st.just("png"),
+        "output_format": st.sampled_from(["png", "jpeg", "webp"]),
+        "output_compression": st.integers(0, 100),
+        "quality": st.sampled_from(
+            ["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+        ),
+        "background": st.sampled_from(["auto", "opaque"]),
     }
     for name, values in optional.items():
         if draw(st.booleans()):

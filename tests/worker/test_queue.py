@@ -103,7 +103,7 @@ async def test_images_are_pngs_of_the_exact_size_with_seed_per_image(engine: Eng
     result = await queue.submit(request).future
     assert [img.seed for img in result.images] == [5, 6]
     for img in result.images:
-        decoded = Image.open(io.BytesIO(base64.b64decode(img.png_b64)))
+        decoded = Image.open(io.BytesIO(base64.b64decode(img.b64)))
         assert decoded.format == "PNG" and decoded.size == (72, 40)
     await queue.stop()
 

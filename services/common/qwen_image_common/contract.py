@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat
+
 JOBS_PATH = "/internal/v1/jobs"
 LOAD_PATH = "/internal/v1/load"
 
@@ -43,18 +45,22 @@ class JobRequest(BaseModel):
     timeout_seconds: float = Field(
         gt=0, description="Time left for the job when it was sent; past it the worker drops it."
     )
+    output_format: ImageFormat = Field("png", description="The file format of every image.")
+    output_compression: int = Field(
+        DEFAULT_COMPRESSION, ge=0, le=100, description="Quality of jpeg and webp files."
+    )
 
 
 class GeneratedImage(BaseModel):
     seed: int
-    png_b64: str = Field(description="The PNG file, base64-encoded.")
+    b64: str = Field(description="The image file in the job's output_format, base64-encoded.")
 
 
 class JobResult(BaseModel):
     job_id: str
     images: list[GeneratedImage]
     queue_seconds: float = Field(description="Time the job waited before it ran.")
-    run_seconds: float = Field(description="Time from start of the job to its last PNG.")
+    run_seconds: float = Field(description="Time from start of the job to its last image file.")
 
 
 class WorkerLoad(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import TypeVar
 from PIL import Image
 
 from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
+from qwen_image_common.encoding import encode_image
 from qwen_image_worker.engine.base import ImageEngine, ImageSpec, StopRequested
 from qwen_image_worker.errors import (
     InferenceFailed,
@@ -77,10 +77,10 @@ class Job:
         ]
 
 
-def encode_png(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def encode_b64(image: Image.Image, request: JobRequest) -> str:
+    """The image as the job's file format asks, base64: runs on a thread of its own."""
+    data = encode_image(image, request.output_format, request.output_compression)
+    return base64.b64encode(data).decode("ascii")
 
 
 class JobQueue:
@@ -248,7 +248,9 @@ class JobQueue:
                     continue
                 for (job, _), image in zip(call, made, strict=True):
                     if not job.future.done():
-                        task = asyncio.create_task(asyncio.to_thread(encode_png, image))
+                        task = asyncio.create_task(
+                            asyncio.to_thread(encode_b64, image, job.request)
+                        )
                         encodes[job].append(task)
         except Exception as exc:
             logger.exception("batch of %d job(s) failed", len(jobs))
@@ -301,27 +303,27 @@ class JobQueue:
 
     async def _finish(self, job: Job, encodes: list[asyncio.Task[str]], started: float) -> None:
         try:
-            pngs = await asyncio.gather(*encodes)
+            files = await asyncio.gather(*encodes)
         except Exception as exc:
-            logger.exception("job %s: PNG encoding failed", job.request.job_id)
-            self._fail(job, InferenceFailed(f"PNG encoding failed: {exc}"))
+            logger.exception("job %s: image encoding failed", job.request.job_id)
+            self._fail(job, InferenceFailed(f"image encoding failed: {exc}"))
             return
         finished = time.monotonic()
         result = JobResult(
             job_id=job.request.job_id,
             images=[
-                GeneratedImage(seed=seed, png_b64=png)
-                for seed, png in zip(job.request.seeds, pngs, strict=True)
+                GeneratedImage(seed=seed, b64=data)
+                for seed, data in zip(job.request.seeds, files, strict=True)
             ],
             queue_seconds=started - job.enqueued_at,
             run_seconds=finished - started,
         )
         self._metrics.job_duration.observe(finished - started)
-        self._metrics.images_generated.inc(len(pngs))
+        self._metrics.images_generated.inc(len(files))
         logger.info(
             "job %s done: %d image(s) %dx%d, %d steps, waited %.2f s, ran %.2f s",
             job.request.job_id,
-            len(pngs),
+            len(files),
             job.request.width,
             job.request.height,
             job.request.num_inference_steps,

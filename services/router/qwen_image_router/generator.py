@@ -64,6 +64,8 @@ class ImageGenerator:
                     guidance_scale=request.guidance_scale,
                     seeds=[seed + i for i in range(request.n)],
                     timeout_seconds=self._timeout_seconds,
+                    output_format=request.output_format,
+                    output_compression=request.output_compression,
                 )
                 when = deadline.when()
                 assert when is not None

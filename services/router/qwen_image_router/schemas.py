@@ -1,7 +1,7 @@
 """The public API's request and response bodies (DESIGN.md §2, the user's spec).
 
 Types are strict: "5" is no integer and `true` no number. Fields this API does not know
-(OpenAI's `quality`, `style`, ...) are accepted and ignored, and `null` means "the
+(OpenAI's `style`, `moderation`, ...) are accepted and ignored, and `null` means "the
 default", as OpenAI's own API and SDK treat it.
 """
 
@@ -12,9 +12,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from qwen_image_common.contract import MAX_IMAGES_PER_JOB, MAX_PROMPT_CHARS
+from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat
 
 Size = Literal["256x256", "512x512", "1024x1024"]
 AspectRatio = Literal["1:1", "16:9", "9:16", "4:3", "3:4"]
+# Every value OpenAI's models take; none changes what Qwen-Image draws.
+Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+Background = Literal["auto", "opaque", "transparent"]
 
 SIZES: dict[str, tuple[int, int]] = {
     "256x256": (256, 256),
@@ -72,9 +76,16 @@ class ImageGenerationRequest(BaseModel):
     aspect_ratio: AspectRatio | None = Field(
         None, description="Exact output size by ratio; wins over `size`."
     )
+    output_format: ImageFormat = Field("png", description="File format of every image.")
+    output_compression: int = Field(
+        DEFAULT_COMPRESSION, ge=0, le=100, description="Quality of jpeg and webp (png: ignored)."
+    )
+    quality: Quality = Field("auto", description="Accepted and echoed; changes nothing.")
+    background: Background = Field(
+        "auto", description="Qwen-Image makes opaque pictures: transparent is refused."
+    )
     # Sent by OpenAI clients; answered only where this API can honour them.
     stream: bool | None = Field(None, description="Only false: no streaming here.")
-    output_format: Literal["png"] | None = Field(None, description="Only png.")
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +109,13 @@ class ImageGenerationRequest(BaseModel):
             raise ValueError(f"seed + n - 1 must be at most {MAX_SEED}")
         return seed
 
+    @field_validator("background")
+    @classmethod
+    def _opaque(cls, background: str) -> str:
+        if background == "transparent":
+            raise ValueError("Qwen-Image makes opaque pictures; use opaque or auto")
+        return background
+
     @field_validator("stream")
     @classmethod
     def _no_streaming(cls, stream: bool | None) -> bool | None:
@@ -113,14 +131,22 @@ class ImageGenerationRequest(BaseModel):
 
 
 class ImageData(BaseModel):
-    b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
-    url: str | None = Field(None, description="Where the PNG is served (response_format=url).")
+    b64_json: str | None = Field(
+        None, description="The image file, base64 (response_format=b64_json)."
+    )
+    url: str | None = Field(None, description="Where the file is served (response_format=url).")
     revised_prompt: str | None = Field(None, description="The prompt after rewriting, if any.")
 
 
 class ImagesResponse(BaseModel):
+    """OpenAI's answer: the images and, as its API does, the settings they were made with."""
+
     created: int = Field(description="Unix time of the answer.")
     data: list[ImageData]
+    output_format: ImageFormat
+    size: str = Field(description="WIDTHxHEIGHT of every image (the aspect ratio's, if given).")
+    quality: Quality = Field(description="As asked; Qwen-Image has one quality.")
+    background: Literal["opaque"] = Field(description="Always opaque.")
 
 
 class ModelCard(BaseModel):

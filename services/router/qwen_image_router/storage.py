@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from qwen_image_common.encoding import IMAGE_FORMATS
 from qwen_image_common.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
-IMAGE_NAME = re.compile(r"[0-9a-f]{32}\.png")
-_TEMP_NAME = re.compile(r"\.[0-9a-f]{32}\.png\.part")
+_EXTENSIONS = "|".join(IMAGE_FORMATS)
+IMAGE_NAME = re.compile(rf"[0-9a-f]{{32}}\.(?:{_EXTENSIONS})")
+_TEMP_NAME = re.compile(rf"\.[0-9a-f]{{32}}\.(?:{_EXTENSIONS})\.part")
 # A temp file this old belongs to a write that died with its process.
 _ABANDONED_TEMP_SECONDS = 3600.0
 
@@ -52,7 +54,7 @@ class _Stored(NamedTuple):
 
 
 class ImageStorage:
-    """Writes, finds and expires the PNGs of one folder. Its methods block: call them in a
+    """Writes, finds and expires the image files of one folder. Its methods block: call them in a
     thread from async code (`save_all_async`, `sweep_async`).
 
     It keeps the index of stored images (oldest first) and their total size, and the names
@@ -89,17 +91,18 @@ class ImageStorage:
             raise PermissionError(f"image folder {self.directory} is not writable")
         self.sweep()
 
-    def save(self, png: bytes) -> str:
-        """Store one PNG; returns its file name."""
-        (name,) = self.save_all([png])
+    def save(self, data: bytes, extension: str = "png") -> str:
+        """Store one image file; returns its name, which ends in `extension` (a format)."""
+        (name,) = self.save_all([data], extension)
         return name
 
-    def save_all(self, pngs: Sequence[bytes]) -> list[str]:
-        """Store the PNGs of one response, then delete the oldest others while over the cap."""
+    def save_all(self, files: Sequence[bytes], extension: str = "png") -> list[str]:
+        """Store the image files of one response (named `*.extension`), then delete the
+        oldest others while over the cap."""
         stored: list[_Stored] = []
         try:
-            for png in pngs:
-                stored.append(self._write(png))
+            for data in files:
+                stored.append(self._write(data, extension))
         except BaseException:
             for entry in stored:  # all of a response or none of it
                 with contextlib.suppress(OSError):
@@ -116,15 +119,15 @@ class ImageStorage:
             logger.debug("image retention removed %d files over the size cap", removed)
         return [entry.name for entry in stored]
 
-    async def save_all_async(self, pngs: Sequence[bytes]) -> list[str]:
-        return await asyncio.to_thread(self.save_all, pngs)
+    async def save_all_async(self, files: Sequence[bytes], extension: str = "png") -> list[str]:
+        return await asyncio.to_thread(self.save_all, files, extension)
 
-    def _write(self, png: bytes) -> _Stored:
-        name = f"{uuid.uuid4().hex}.png"
+    def _write(self, data: bytes, extension: str) -> _Stored:
+        name = f"{uuid.uuid4().hex}.{extension}"
         temp = self.directory / f".{name}.part"
         try:
             with open(temp, "xb") as handle:
-                handle.write(png)
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
                 written = os.fstat(handle.fileno())

@@ -66,9 +66,7 @@ async def create_images(
     try:
         generation = await run_until_disconnected(request, runtime.generator.generate(job_id, body))
         worker = generation.worker
-        data = await _image_data(
-            generation, body.response_format, runtime.storage, settings, request
-        )
+        data = await _image_data(generation, body, runtime.storage, settings, request)
         outcome = "ok"
     except RouterError as error:
         outcome = error.reason
@@ -92,34 +90,41 @@ async def create_images(
             outcome,
             time.monotonic() - started,
         )
-    return ImagesResponse(created=int(time.time()), data=data)
+    return ImagesResponse(
+        created=int(time.time()),
+        data=data,
+        output_format=body.output_format,
+        size=f"{width}x{height}",
+        quality=body.quality,
+        background="opaque",
+    )
 
 
 async def _image_data(
     generation: Generation,
-    response_format: str,
+    body: ImageGenerationRequest,
     storage: ImageStorage,
     settings: RouterSettings,
     request: Request,
 ) -> list[ImageData]:
     revised = generation.revised_prompt
-    if response_format == "b64_json":
+    if body.response_format == "b64_json":
         return [
-            ImageData(b64_json=image.png_b64, revised_prompt=revised) for image in generation.images
+            ImageData(b64_json=image.b64, revised_prompt=revised) for image in generation.images
         ]
-    names = await _store(storage, generation.images)
+    names = await _store(storage, generation.images, body.output_format)
     return [
         ImageData(url=_image_url(name, settings, request), revised_prompt=revised) for name in names
     ]
 
 
-async def _store(storage: ImageStorage, images: list[GeneratedImage]) -> list[str]:
+async def _store(storage: ImageStorage, images: list[GeneratedImage], extension: str) -> list[str]:
     try:
-        pngs = [base64.b64decode(image.png_b64, validate=True) for image in images]
+        files = [base64.b64decode(image.b64, validate=True) for image in images]
     except binascii.Error:
         raise InferenceFailed("the worker sent an image that is not base64") from None
     try:
-        return await storage.save_all_async(pngs)
+        return await storage.save_all_async(files, extension)
     except OSError:
         logger.exception("could not store an image in %s", storage.directory)
         raise StorageFailed() from None
