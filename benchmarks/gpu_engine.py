@@ -78,7 +78,7 @@ from qwen_image_worker.engine.acceleration import (
     lossless_tolerance,
     relative_error,
 )
-from qwen_image_worker.engine.base import BatchLimit, ImageSpec
+from qwen_image_worker.engine.base import BatchLimit, ImageSpec, OnPreview
 from qwen_image_worker.engine.demo_model import QWEN_IMAGE_SCHEDULER, build_demo_pipeline
 from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.metrics import WorkerMetrics
@@ -712,12 +712,15 @@ class TimedEngine(Engine):
     calls = 0
 
     def generate_batch(
-        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+        self,
+        specs: Sequence[ImageSpec],
+        should_stop: Callable[[], bool],
+        on_preview: OnPreview | None = None,
     ) -> list[Image.Image]:
         started = time.perf_counter()
         self.calls += 1
         try:
-            return super().generate_batch(specs, should_stop)
+            return super().generate_batch(specs, should_stop, on_preview)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -54,19 +54,19 @@ class CountingEngine(Engine):
     def seeds(self) -> list[int]:
         return [seed for call in self.calls for seed in call]
 
-    def generate_batch(self, specs, should_stop):  # type: ignore[no-untyped-def]
+    def generate_batch(self, specs, should_stop, on_preview=None):  # type: ignore[no-untyped-def]
         self.calls.append([spec.seed for spec in specs])
-        return super().generate_batch(specs, should_stop)
+        return super().generate_batch(specs, should_stop, on_preview)
 
 
 class OutOfMemoryOnce(CountingEngine):
     """Stands in for CUDA running out of memory, a fault a CPU test cannot cause for real."""
 
-    def generate_batch(self, specs, should_stop):  # type: ignore[no-untyped-def]
+    def generate_batch(self, specs, should_stop, on_preview=None):  # type: ignore[no-untyped-def]
         if len(self.calls) == 1:  # the first call after the warm-up image
             self.calls.append([spec.seed for spec in specs])
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return super().generate_batch(specs, should_stop)
+        return super().generate_batch(specs, should_stop, on_preview)
 
 
 async def started(engine: ImageEngine, max_waiting: int = 1) -> tuple[JobQueue, WorkerMetrics]:

@@ -6,7 +6,9 @@ API lives in the router; this is the small job API behind it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat
 
@@ -23,6 +25,10 @@ STATUS_INFERENCE_FAILED = 500
 MAX_PROMPT_CHARS = 8192
 MAX_IMAGES_PER_JOB = 4
 MAX_SIDE_PIXELS = 2048
+MAX_PARTIAL_IMAGES = 3
+
+# A streamed job's answer: one JobEvent as JSON a line, flushed as it happens.
+EVENTS_MEDIA_TYPE = "application/x-ndjson"
 
 
 class JobRequest(BaseModel):
@@ -49,6 +55,12 @@ class JobRequest(BaseModel):
     output_compression: int = Field(
         DEFAULT_COMPRESSION, ge=0, le=100, description="Quality of jpeg and webp files."
     )
+    stream: bool = Field(
+        False, description="Answer with JobEvent lines (EVENTS_MEDIA_TYPE), not a JobResult."
+    )
+    partial_images: int = Field(
+        0, ge=0, le=MAX_PARTIAL_IMAGES, description="Previews per image of a streamed job."
+    )
 
 
 class GeneratedImage(BaseModel):
@@ -61,6 +73,35 @@ class JobResult(BaseModel):
     images: list[GeneratedImage]
     queue_seconds: float = Field(description="Time the job waited before it ran.")
     run_seconds: float = Field(description="Time from start of the job to its last image file.")
+
+
+class PartialImage(BaseModel):
+    """A preview of one image of the job: the picture predicted at a step, in its format."""
+
+    type: Literal["partial_image"] = "partial_image"
+    image_index: int = Field(ge=0, description="Which image of the job (seed + image_index).")
+    partial_image_index: int = Field(ge=0, lt=MAX_PARTIAL_IMAGES)
+    b64: str
+
+
+class JobCompleted(BaseModel):
+    """The last event of a job that made its images."""
+
+    type: Literal["completed"] = "completed"
+    result: JobResult
+
+
+class JobFailed(BaseModel):
+    """The last event of a job that failed after its stream began: the status and detail a
+    non-streamed job would have been answered with."""
+
+    type: Literal["failed"] = "failed"
+    status: int
+    detail: str
+
+
+JobEvent = Annotated[PartialImage | JobCompleted | JobFailed, Field(discriminator="type")]
+JOB_EVENT: TypeAdapter[PartialImage | JobCompleted | JobFailed] = TypeAdapter(JobEvent)
 
 
 class WorkerLoad(BaseModel):

@@ -24,7 +24,13 @@ from typing import TypeVar
 
 from PIL import Image
 
-from qwen_image_common.contract import GeneratedImage, JobRequest, JobResult, WorkerLoad
+from qwen_image_common.contract import (
+    GeneratedImage,
+    JobRequest,
+    JobResult,
+    PartialImage,
+    WorkerLoad,
+)
 from qwen_image_common.encoding import encode_image
 from qwen_image_worker.engine.base import ImageEngine, ImageSpec, StopRequested
 from qwen_image_worker.errors import (
@@ -48,6 +54,8 @@ class Job:
     enqueued_at: float
     future: asyncio.Future[JobResult]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # A streamed job's previews as they are encoded, in order; None once the job ended.
+    previews: asyncio.Queue[asyncio.Task[PartialImage] | None] | None = None
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
@@ -72,6 +80,7 @@ class Job:
                 num_inference_steps=r.num_inference_steps,
                 guidance_scale=r.guidance_scale,
                 seed=seed,
+                partial_images=r.partial_images if r.stream else 0,
             )
             for seed in r.seeds
         ]
@@ -161,6 +170,10 @@ class JobQueue:
         # A job whose caller left has nobody to read its error; mark it read.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         job = Job(request, deadline=now + request.timeout_seconds, enqueued_at=now, future=future)
+        if request.stream:
+            previews: asyncio.Queue[asyncio.Task[PartialImage] | None] = asyncio.Queue()
+            future.add_done_callback(lambda _: previews.put_nowait(None))
+            job.previews = previews
         self._waiting.append(job)
         self._metrics.queue_depth.set(len(self._waiting))
         self._wakeup.set()
@@ -289,17 +302,37 @@ class JobQueue:
                     loop.call_soon_threadsafe(self._fail, job, job.stop_error())
             return len(stopped) == len(jobs)
 
+        def on_preview(position: int, index: int, image: Image.Image) -> None:
+            job, spec = call[position]
+            loop.call_soon_threadsafe(self._preview, job, job.image_specs.index(spec), index, image)
+
         specs = [spec for _, spec in call]
+        previewing = any(job.previews is not None for job in jobs)
         self._metrics.batch_images.observe(len(specs))
         started = time.monotonic()
         try:
-            return await self.on_gpu_thread(lambda: engine.generate_batch(specs, should_stop))
+            return await self.on_gpu_thread(
+                lambda: engine.generate_batch(
+                    specs, should_stop, on_preview if previewing else None
+                )
+            )
         except StopRequested:
             return None
         finally:
             self._metrics.busy_seconds.inc(time.monotonic() - started)
             for job in stopped:
                 self._fail(job, job.stop_error())
+
+    def _preview(self, job: Job, image_index: int, index: int, image: Image.Image) -> None:
+        """Encode a streamed job's preview beside the GPU thread and queue it in order."""
+        if job.previews is None or job.future.done():
+            return
+
+        async def encoded() -> PartialImage:
+            b64 = await asyncio.to_thread(encode_b64, image, job.request)
+            return PartialImage(image_index=image_index, partial_image_index=index, b64=b64)
+
+        job.previews.put_nowait(asyncio.create_task(encoded()))
 
     async def _finish(self, job: Job, encodes: list[asyncio.Task[str]], started: float) -> None:
         try:

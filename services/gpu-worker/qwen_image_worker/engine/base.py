@@ -17,6 +17,10 @@ from PIL import Image
 # Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
 PIXELS_PER_TOKEN = 16 * 16
 
+# A streamed job's partial image: (the image's place in the batch, its preview's index from
+# 0, the picture). Called on the GPU thread.
+OnPreview = Callable[[int, int, Image.Image], None]
+
 
 class StopRequested(Exception):
     """Raised from the step callback when the job's deadline passed or its caller left."""
@@ -51,6 +55,7 @@ class ImageSpec:
     num_inference_steps: int
     guidance_scale: float
     seed: int
+    partial_images: int = 0
 
     @property
     def batch_key(self) -> tuple[int, int, int, float]:
@@ -75,6 +80,16 @@ class BatchLimit:
 ONE_AT_A_TIME = BatchLimit()
 
 
+def preview_steps(num_inference_steps: int, partial_images: int) -> list[int]:
+    """The loop indices after which the previews are made: `partial_images` points spread
+    evenly over the run, never the last step (that is the image itself). Fewer when the run
+    has fewer steps than previews asked, as OpenAI's API may send fewer."""
+    done = {
+        round(num_inference_steps * (k + 1) / (partial_images + 1)) for k in range(partial_images)
+    }
+    return sorted(count - 1 for count in done if 1 <= count < num_inference_steps)
+
+
 def common_shape(specs: Sequence[ImageSpec]) -> ImageSpec:
     """The first spec, after checking that all of them may share one pipeline call."""
     if not specs:
@@ -89,11 +104,15 @@ class ImageEngine(Protocol):
     """Makes images on the worker's single GPU thread, several of one shape per call."""
 
     def generate_batch(
-        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+        self,
+        specs: Sequence[ImageSpec],
+        should_stop: Callable[[], bool],
+        on_preview: OnPreview | None = None,
     ) -> list[Image.Image]:
         """One image per spec, in order; the specs share one `batch_key` and number at most
         `batch_size(spec)`. Checks `should_stop` after every denoising step and raises
-        StopRequested when it says so."""
+        StopRequested when it says so. With `on_preview`, hands it each spec's
+        `partial_images` previews at the steps `preview_steps` names."""
         ...
 
     def batch_size(self, spec: ImageSpec) -> int:

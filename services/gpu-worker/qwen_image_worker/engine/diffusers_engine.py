@@ -20,11 +20,14 @@ from qwen_image_worker.engine.base import (
     ONE_AT_A_TIME,
     BatchLimit,
     ImageSpec,
+    OnPreview,
     StepMonitor,
     common_shape,
+    preview_steps,
 )
 from qwen_image_worker.engine.paired_cfg import PairedGuidance
-from qwen_image_worker.engine.scheduler import single_step_safe
+from qwen_image_worker.engine.previews import decode
+from qwen_image_worker.engine.scheduler import PredictingScheduler, serving_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ class Engine:
         pipe.tokenizer.padding_side = "right"
         forward = pipe.transformer.forward
         self._paired = forward if isinstance(forward, PairedGuidance) else None
-        pipe.scheduler = single_step_safe(pipe.scheduler)
+        pipe.scheduler = serving_scheduler(pipe.scheduler)
 
     def generation_size(self, width: int, height: int) -> tuple[int, int]:
         """The pipeline makes only multiples of 16: generate the next larger one and crop."""
@@ -72,7 +75,10 @@ class Engine:
 
     @torch.inference_mode()
     def generate_batch(
-        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+        self,
+        specs: Sequence[ImageSpec],
+        should_stop: Callable[[], bool],
+        on_preview: OnPreview | None = None,
     ) -> list[Image.Image]:
         shape = common_shape(specs)
         gen_width, gen_height = self.generation_size(shape.width, shape.height)
@@ -81,9 +87,23 @@ class Engine:
         generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
         monitor = StepMonitor(self._on_step, should_stop)
 
+        scheduler = self.pipe.scheduler
+        predicting = isinstance(scheduler, PredictingScheduler) and scheduler.predicts
+        plans = [
+            preview_steps(spec.num_inference_steps, spec.partial_images)
+            if on_preview and predicting
+            else []
+            for spec in specs
+        ]
+
         def on_step_end(
-            _pipe: QwenImagePipeline, _i: int, _t: torch.Tensor, kwargs: dict[str, torch.Tensor]
+            _pipe: QwenImagePipeline, i: int, _t: torch.Tensor, kwargs: dict[str, torch.Tensor]
         ) -> dict[str, torch.Tensor]:
+            wanted = [position for position, plan in enumerate(plans) if i in plan]
+            if wanted and on_preview is not None:
+                previews = self._preview(kwargs["latents"], wanted, shape)
+                for position, image in zip(wanted, previews, strict=True):
+                    on_preview(position, plans[position].index(i), image)
             monitor.step_done()
             return kwargs
 
@@ -107,6 +127,17 @@ class Engine:
             self.pipe.maybe_free_model_hooks()
             raise
         return [center_crop(image, shape.width, shape.height) for image in result.images]
+
+    def _preview(
+        self, latents: torch.Tensor, positions: list[int], shape: ImageSpec
+    ) -> list[Image.Image]:
+        """The predicted pictures of the batch's images at `positions`, cropped as results."""
+        scheduler = self.pipe.scheduler
+        assert isinstance(scheduler, PredictingScheduler)
+        predicted = scheduler.predicted_clean(latents)[positions]
+        gen_width, gen_height = self.generation_size(shape.width, shape.height)
+        images = decode(self.pipe, predicted, gen_width, gen_height)
+        return [center_crop(image, shape.width, shape.height) for image in images]
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
         """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares

@@ -20,8 +20,10 @@ from qwen_image_worker.engine.base import (
     ONE_AT_A_TIME,
     BatchLimit,
     ImageSpec,
+    OnPreview,
     StepMonitor,
     common_shape,
+    preview_steps,
 )
 
 SIMULATED_MODEL_PATH = "simulated"
@@ -44,21 +46,22 @@ class SimulatedEngine:
         return self.batch.images(spec.width, spec.height)
 
     def generate_batch(
-        self, specs: Sequence[ImageSpec], should_stop: Callable[[], bool]
+        self,
+        specs: Sequence[ImageSpec],
+        should_stop: Callable[[], bool],
+        on_preview: OnPreview | None = None,
     ) -> list[Image.Image]:
         shape = common_shape(specs)
         monitor = StepMonitor(self._on_step, should_stop)
-        for _ in range(shape.num_inference_steps):
+        plans = [preview_steps(spec.num_inference_steps, spec.partial_images) for spec in specs]
+        for step in range(shape.num_inference_steps):
             time.sleep(self.step_seconds * len(specs))
+            for position, plan in enumerate(plans):
+                if on_preview is not None and step in plan:
+                    fraction = (step + 1) / shape.num_inference_steps
+                    on_preview(position, plan.index(step), _picture(specs[position], fraction))
             monitor.step_done()
-        return [
-            Image.new(
-                "RGB",
-                (spec.width, spec.height),
-                (spec.seed % 256, (spec.seed >> 8) % 256, (spec.seed >> 16) % 256),
-            )
-            for spec in specs
-        ]
+        return [_picture(spec, 1.0) for spec in specs]
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
         """One image, as the real engine without per-shape levers makes."""
@@ -67,3 +70,9 @@ class SimulatedEngine:
 
     def release_memory(self) -> None:
         return None
+
+
+def _picture(spec: ImageSpec, fraction: float) -> Image.Image:
+    """The seed's colour, as much of it as `fraction` of the steps made."""
+    colour = (spec.seed % 256, (spec.seed >> 8) % 256, (spec.seed >> 16) % 256)
+    return Image.new("RGB", (spec.width, spec.height), tuple(round(c * fraction) for c in colour))
