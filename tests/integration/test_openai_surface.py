@@ -107,3 +107,63 @@ def test_a_transparent_background_is_refused_naming_the_field(client: openai.Ope
         client.images.generate(prompt="a logo", background="transparent")
     body = raised.value.body
     assert isinstance(body, dict) and "background" in body["detail"]
+
+
+STREAMED = {"num_inference_steps": 6, "seed": 11}
+
+
+def test_a_stream_iterates_previews_then_the_unstreamed_image(client: openai.OpenAI) -> None:
+    common = {"prompt": "a harbour", "size": "256x256", "output_format": "jpeg"}
+    events = list(
+        client.images.generate(**common, stream=True, partial_images=2, extra_body=STREAMED)
+    )
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [getattr(event, "partial_image_index", None) for event in events] == [0, 1, None]
+    pictures = [decoded(base64.b64decode(event.b64_json)) for event in events]
+    assert all((p.format, p.size) == ("JPEG", (256, 256)) for p in pictures)
+    # Previews are the picture being made: each nearer the result than the one before.
+    distances = [np.abs(rgb(p) - rgb(pictures[-1])).mean() for p in pictures]
+    assert distances[0] > distances[1] > distances[2] == 0
+    last = events[-1]
+    assert (last.size, last.output_format, last.background) == ("256x256", "jpeg", "opaque")
+    assert last.usage.output_tokens == 256 * 256 // 256
+    plain = client.images.generate(**common, extra_body=STREAMED)
+    assert plain.data and last.b64_json == plain.data[0].b64_json
+
+
+def test_a_stream_of_two_images_tells_them_apart(client: openai.OpenAI) -> None:
+    common = {"prompt": "a harbour", "size": "256x256", "n": 2}
+    events = list(
+        client.images.generate(**common, stream=True, partial_images=1, extra_body=STREAMED)
+    )
+    seen = [(event.type.rsplit(".", 1)[1], event.model_extra["image_index"]) for event in events]
+    assert sorted(seen) == [
+        ("completed", 0),
+        ("completed", 1),
+        ("partial_image", 0),
+        ("partial_image", 1),
+    ]
+    assert [kind for kind, _ in seen[-2:]] == ["completed", "completed"]
+    plain = client.images.generate(**common, extra_body=STREAMED)
+    assert plain.data
+    completed = [event.b64_json for event in events if event.type.endswith("completed")]
+    assert completed == [item.b64_json for item in plain.data]
+
+
+def test_a_stream_without_previews_sends_the_completed_event_alone(client: openai.OpenAI) -> None:
+    events = list(
+        client.images.generate(prompt="a harbour", size="256x256", stream=True, extra_body=FAST)
+    )
+    assert [event.type for event in events] == ["image_generation.completed"]
+
+
+def test_bad_input_to_a_stream_is_a_json_400(stack: Stack) -> None:
+    body = {"prompt": "a harbour", "stream": True, "partial_images": 4}
+    answer = httpx.post(stack.url + "/v1/images/generations", json=body)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["detail"].startswith("Validation error: partial_images")

@@ -87,7 +87,11 @@ INVALID: list[tuple[Any, str]] = [
         {"prompt": "cat", "aspect_ratio": "2:1"},
         bad("aspect_ratio", "Input should be '1:1', '16:9', '9:16', '4:3' or '3:4'"),
     ),
-    ({"prompt": "cat", "stream": True}, bad("stream", "streaming is not supported")),
+    ({"prompt": "cat", "stream": "yes"}, bad("stream", "Input should be a valid boolean")),
+    (
+        {"prompt": "cat", "stream": True, "partial_images": 4},
+        bad("partial_images", "Input should be less than or equal to 3"),
+    ),
     (
         {"prompt": "cat", "output_format": "gif"},
         bad("output_format", "Input should be 'png', 'jpeg' or 'webp'"),

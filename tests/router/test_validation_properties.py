@@ -50,7 +50,8 @@ def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
         "guidance_scale": st.floats(3.0, 6.0),
         "num_inference_steps": st.integers(1, 50),
         "aspect_ratio": st.sampled_from(list(ASPECT_RATIOS)),
-        "stream": st.just(False),
+        "stream": st.booleans(),
+        "partial_images": st.integers(0, 3),
         "output_format": st.sampled_from(["png", "jpeg", "webp"]),
         "output_compression": st.integers(0, 100),
         "quality": st.sampled_from(

@@ -26,6 +26,8 @@ MAX_PROMPT_CHARS = 8192
 MAX_IMAGES_PER_JOB = 4
 MAX_SIDE_PIXELS = 2048
 MAX_PARTIAL_IMAGES = 3
+# Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
+PIXELS_PER_TOKEN = 16 * 16
 
 # A streamed job's answer: one JobEvent as JSON a line, flushed as it happens.
 EVENTS_MEDIA_TYPE = "application/x-ndjson"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from qwen_image_common.contract import GeneratedImage, JobRequest
 from qwen_image_router.errors import TaskTimeout
+from qwen_image_router.outbound.client import JobStream
 from qwen_image_router.outbound.dispatch import Dispatcher
 from qwen_image_router.prompt_rewrite import PromptRewriter
 from qwen_image_router.schemas import MAX_SEED, ImageGenerationRequest
@@ -22,6 +23,13 @@ class Generation:
     images: list[GeneratedImage]
     worker: str
     revised_prompt: str | None
+
+
+@dataclass(frozen=True)
+class OpenedStream:
+    stream: JobStream
+    revised_prompt: str | None
+    deadline: float  # TASK_TIMEOUT's end, on the event loop's clock
 
 
 class ImageGenerator:
@@ -47,29 +55,53 @@ class ImageGenerator:
 
     async def generate(self, job_id: str, request: ImageGenerationRequest) -> Generation:
         """Raises QueueFull, TaskTimeout or InferenceFailed."""
-        seed = self.choose_seed(request)
-        width, height = request.dimensions()
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
-                revised = None
-                if self._rewriter is not None:
-                    revised = await self._rewriter.rewrite(request.prompt)
-                job = JobRequest(
-                    job_id=job_id,
-                    prompt=revised or request.prompt,
-                    negative_prompt=request.negative_prompt,
-                    width=width,
-                    height=height,
-                    num_inference_steps=request.num_inference_steps,
-                    guidance_scale=request.guidance_scale,
-                    seeds=[seed + i for i in range(request.n)],
-                    timeout_seconds=self._timeout_seconds,
-                    output_format=request.output_format,
-                    output_compression=request.output_compression,
-                )
-                when = deadline.when()
-                assert when is not None
-                dispatched = await self._dispatcher.run(job, when)
+                job, revised = await self._job(job_id, request)
+                dispatched = await self._dispatcher.run(job, _when(deadline))
         except TimeoutError:
             raise TaskTimeout() from None
         return Generation(dispatched.result.images, dispatched.worker, revised)
+
+    async def open_stream(self, job_id: str, request: ImageGenerationRequest) -> OpenedStream:
+        """A streamed job, taken by a worker; raises as `generate`. TASK_TIMEOUT bounds the
+        whole stream: its reader keeps to `deadline`."""
+        try:
+            async with asyncio.timeout(self._timeout_seconds) as deadline:
+                job, revised = await self._job(job_id, request)
+                stream = await self._dispatcher.open_stream(job, _when(deadline))
+        except TimeoutError:
+            raise TaskTimeout() from None
+        return OpenedStream(stream, revised, _when(deadline))
+
+    async def _job(
+        self, job_id: str, request: ImageGenerationRequest
+    ) -> tuple[JobRequest, str | None]:
+        """The job for a request (all n images together), after the prompt's rewrite."""
+        seed = self.choose_seed(request)
+        width, height = request.dimensions()
+        revised = None
+        if self._rewriter is not None:
+            revised = await self._rewriter.rewrite(request.prompt)
+        job = JobRequest(
+            job_id=job_id,
+            prompt=revised or request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=width,
+            height=height,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seeds=[seed + i for i in range(request.n)],
+            timeout_seconds=self._timeout_seconds,
+            output_format=request.output_format,
+            output_compression=request.output_compression,
+            stream=request.stream,
+            partial_images=request.partial_images if request.stream else 0,
+        )
+        return job, revised
+
+
+def _when(deadline: asyncio.Timeout) -> float:
+    when = deadline.when()
+    assert when is not None
+    return when

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from qwen_image_common.contract import MAX_IMAGES_PER_JOB, MAX_PROMPT_CHARS
+from qwen_image_common.contract import MAX_IMAGES_PER_JOB, MAX_PARTIAL_IMAGES, MAX_PROMPT_CHARS
 from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat
 
 Size = Literal["256x256", "512x512", "1024x1024"]
@@ -84,8 +84,12 @@ class ImageGenerationRequest(BaseModel):
     background: Background = Field(
         "auto", description="Qwen-Image makes opaque pictures: transparent is refused."
     )
-    # Sent by OpenAI clients; answered only where this API can honour them.
-    stream: bool | None = Field(None, description="Only false: no streaming here.")
+    stream: bool = Field(
+        False, description="Answer with server-sent events: partial images, then each image."
+    )
+    partial_images: int = Field(
+        0, ge=0, le=MAX_PARTIAL_IMAGES, description="Previews per image of a streamed answer."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -115,13 +119,6 @@ class ImageGenerationRequest(BaseModel):
         if background == "transparent":
             raise ValueError("Qwen-Image makes opaque pictures; use opaque or auto")
         return background
-
-    @field_validator("stream")
-    @classmethod
-    def _no_streaming(cls, stream: bool | None) -> bool | None:
-        if stream:
-            raise ValueError("streaming is not supported")
-        return stream
 
     def dimensions(self) -> tuple[int, int]:
         """Width and height of every image: the aspect ratio's if given, else the size's."""

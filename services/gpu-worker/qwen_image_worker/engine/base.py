@@ -14,9 +14,6 @@ from typing import Protocol
 
 from PIL import Image
 
-# Pixels of the image per transformer token: 8x VAE downsampling, then 2x2 patches.
-PIXELS_PER_TOKEN = 16 * 16
-
 # A streamed job's partial image: (the image's place in the batch, its preview's index from
 # 0, the picture). Called on the GPU thread.
 OnPreview = Callable[[int, int, Image.Image], None]

@@ -22,7 +22,7 @@ import torch
 from diffusers.models.transformers import transformer_qwenimage
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qwen_image_worker.engine.base import PIXELS_PER_TOKEN
+from qwen_image_common.contract import PIXELS_PER_TOKEN
 from qwen_image_worker.engine.paired_cfg import forward_output
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from qwen_image_worker.engine.base import PIXELS_PER_TOKEN
+from qwen_image_common.contract import PIXELS_PER_TOKEN
 
 _Text = tuple[torch.Tensor, torch.Tensor | None]  # embeddings and mask, as encoded
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from qwen_image_common.contract import JobRequest, JobResult
 from qwen_image_router.errors import QueueFull, TaskTimeout
 from qwen_image_router.metrics import RouterMetrics
-from qwen_image_router.outbound.client import Refused, WorkerClient
-from qwen_image_router.registry import WorkerRegistry
+from qwen_image_router.outbound.client import JobStream, Refused, WorkerClient
+from qwen_image_router.registry import WorkerRegistry, WorkerState
 from qwen_image_router.scheduling.balancer import Balancer
 from qwen_image_router.scheduling.saturation import Saturated
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,20 @@ class Dispatcher:
 
     async def run(self, job: JobRequest, deadline: float) -> Dispatched:
         """`deadline` is on the event loop's clock; each send carries the time left."""
+        result, worker = await self._place(job, deadline, self._client.run_job)
+        return Dispatched(result, worker)
+
+    async def open_stream(self, job: JobRequest, deadline: float) -> JobStream:
+        """As `run`, for a streamed job: the first worker that takes it streams it."""
+        stream, _ = await self._place(job, deadline, self._client.open_stream)
+        return stream
+
+    async def _place(
+        self,
+        job: JobRequest,
+        deadline: float,
+        send: Callable[[WorkerState, JobRequest], Awaitable[T | Refused]],
+    ) -> tuple[T, str]:
         loop = asyncio.get_running_loop()
         tried: list[str] = []
         while True:
@@ -57,8 +74,6 @@ class Dispatcher:
             if left <= 0:
                 raise TaskTimeout()
             tried.append(choice.name)
-            outcome = await self._client.run_job(
-                choice, job.model_copy(update={"timeout_seconds": left})
-            )
+            outcome = await send(choice, job.model_copy(update={"timeout_seconds": left}))
             if not isinstance(outcome, Refused):
-                return Dispatched(outcome, choice.name)
+                return outcome, choice.name

@@ -9,8 +9,9 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
-from qwen_image_common.contract import GeneratedImage
+from qwen_image_common.contract import GeneratedImage, JobResult, PartialImage
 from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
 from qwen_image_router.api.disconnect import run_until_disconnected
 from qwen_image_router.api.routes.files import IMAGE_ROUTE_NAME
@@ -21,10 +22,11 @@ from qwen_image_router.errors import (
     StorageFailed,
     error_doc,
 )
-from qwen_image_router.generator import Generation
+from qwen_image_router.generator import Generation, OpenedStream
 from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
 from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage
+from qwen_image_router.streaming import EVENT_STREAM, HEADERS, Echo, events, first_event
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ _LOGGED_USER_CHARS = 128
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     responses={
+        200: {
+            "content": {
+                EVENT_STREAM: {
+                    "description": "With stream: image_generation.partial_image events, then "
+                    "an image_generation.completed event per image"
+                }
+            }
+        },
         400: error_doc("Validation error: <field>: <what>, or Model not available: <name>"),
         401: error_doc("Invalid or missing API key (only when API_KEYS is set)"),
         413: error_doc("Request body too large"),
@@ -52,7 +62,7 @@ async def create_images(
     settings: SettingsDep,
     metrics: MetricsDep,
     runtime: RuntimeDep,
-) -> ImagesResponse:
+) -> ImagesResponse | StreamingResponse:
     requested = settings.model_name if body.model is None else body.model
     if requested.casefold() != settings.model_name.casefold():
         raise ModelNotAvailable(requested)
@@ -61,6 +71,8 @@ async def create_images(
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
     width, height = body.dimensions()
+    if body.stream:
+        return await _stream(job_id, body, request, metrics, runtime)
     outcome, worker = "cancelled", "-"
     metrics.in_flight.inc()
     try:
@@ -97,6 +109,51 @@ async def create_images(
         size=f"{width}x{height}",
         quality=body.quality,
         background="opaque",
+    )
+
+
+async def _stream(
+    job_id: str,
+    body: ImageGenerationRequest,
+    request: Request,
+    metrics: MetricsDep,
+    runtime: RuntimeDep,
+) -> StreamingResponse:
+    """Errors up to the job's first event are JSON answers; the events follow as they come."""
+    started = request.state.answer_started
+    width, height = body.dimensions()
+    metrics.in_flight.inc()
+
+    async def start() -> tuple[OpenedStream, PartialImage | JobResult]:
+        opened = await runtime.generator.open_stream(job_id, body)
+        return opened, await first_event(opened)
+
+    def on_end(outcome: str) -> None:
+        metrics.in_flight.dec()
+        logger.info(
+            "request %s (streamed): n=%d size=%dx%d steps=%d partial_images=%d outcome=%s "
+            "duration=%.2fs",
+            job_id,
+            body.n,
+            width,
+            height,
+            body.num_inference_steps,
+            body.partial_images,
+            outcome,
+            time.monotonic() - started,
+        )
+
+    try:
+        opened, first = await run_until_disconnected(request, start())
+    except RouterError as error:
+        on_end(error.reason)
+        raise
+    except BaseException:
+        on_end("internal")
+        raise
+    echo = Echo(f"{width}x{height}", body.quality, body.output_format)
+    return StreamingResponse(
+        events(opened, first, echo, on_end), media_type=EVENT_STREAM, headers=HEADERS
     )
 
 
