@@ -21,13 +21,15 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from qwen_image_common.contract import (
+    EVENTS_MEDIA_TYPE,
     JOBS_PATH,
     LOAD_PATH,
     GeneratedImage,
+    JobCompleted,
     JobRequest,
     JobResult,
     WorkerLoad,
@@ -83,7 +85,8 @@ class FakeWorker:
 
     `job_status` 200 answers with PNGs; other statuses with `{"detail": detail}`.
     `hold` keeps every job until `release` is set; `hang` keeps it until the caller
-    disconnects, and records that in `disconnected`.
+    disconnects, and records that in `disconnected`. A streamed job gets `stream_lines`
+    (JobEvent JSON), then with `hang` waits for the caller to go; without lines, the result.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class FakeWorker:
         self.job_status = 200
         self.detail = "Inference failed: CUDA out of memory"
         self.raw_body: bytes | None = None
+        self.stream_lines: list[str] | None = None
         self.hold = False
         self.hang = False
         self.release = asyncio.Event()
@@ -115,6 +119,8 @@ class FakeWorker:
         job = JobRequest.model_validate_json(await request.body())
         self.jobs.append(job)
         self.job_arrived.set()
+        if job.stream and self.job_status == 200:
+            return StreamingResponse(self._events(job), media_type=EVENTS_MEDIA_TYPE)
         if self.hang:
             await wait_for_disconnect(request)
             self.disconnected.set()
@@ -125,6 +131,21 @@ class FakeWorker:
             return Response(self.raw_body, media_type="application/json")
         if self.job_status != 200:
             return JSONResponse({"detail": self.detail}, status_code=self.job_status)
+        return JSONResponse(self._result(job).model_dump())
+
+    async def _events(self, job: JobRequest) -> AsyncIterator[str]:
+        if self.stream_lines is None:
+            yield JobCompleted(result=self._result(job)).model_dump_json() + "\n"
+            return
+        for line in self.stream_lines:
+            yield line + "\n"
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.disconnected.set()
+
+    def _result(self, job: JobRequest) -> JobResult:
         images = [
             GeneratedImage(
                 seed=seed,
@@ -134,8 +155,7 @@ class FakeWorker:
             )
             for seed in job.seeds
         ]
-        result = JobResult(job_id=job.job_id, images=images, queue_seconds=0.0, run_seconds=0.01)
-        return JSONResponse(result.model_dump())
+        return JobResult(job_id=job.job_id, images=images, queue_seconds=0.0, run_seconds=0.01)
 
 
 class DroppingWorker:

@@ -1,0 +1,120 @@
+"""Streamed answers through a real router process to fake workers: what comes as JSON
+before the first event, what comes as an OpenAI error event after it, and that a client
+gone or a timeout closes the worker's stream (which cancels the job there)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from router_fakes import FakeWorker, router_settings, serve
+
+from qwen_image_common.contract import JobFailed, PartialImage
+from qwen_image_router.app import create_app
+
+PREVIEW = PartialImage(image_index=0, partial_image_index=0, b64=base64.b64encode(b"x").decode())
+FAILED = JobFailed(status=500, detail="Inference failed: CUDA out of memory")
+
+
+@asynccontextmanager
+async def router(
+    tmp_path: Path, worker: FakeWorker, **overrides: Any
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with serve(worker.app) as worker_url:
+        app = create_app(router_settings(tmp_path, [worker_url], **overrides))
+        async with serve(app, lifespan="on") as url:
+            yield openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+async def generate(client: openai.AsyncOpenAI, **body: Any) -> Any:
+    return await client.images.generate(
+        prompt="a cat", size="256x256", stream=True, partial_images=1, **body
+    )
+
+
+async def test_a_failure_after_the_first_event_is_an_openai_error_event(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    worker.stream_lines = [PREVIEW.model_dump_json(), FAILED.model_dump_json()]
+    async with router(tmp_path, worker) as client:
+        stream = await generate(client)
+        first = await anext(stream)
+        assert (first.type, first.partial_image_index) == ("image_generation.partial_image", 0)
+        with pytest.raises(openai.APIError) as raised:
+            await anext(stream)
+    assert raised.value.message == "Inference failed: CUDA out of memory"
+    assert raised.value.body == {
+        "type": "server_error",
+        "code": "inference_failed",
+        "message": "Inference failed: CUDA out of memory",
+        "param": None,
+    }
+
+
+async def test_a_failure_before_the_first_event_is_the_specs_json_answer(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    worker.stream_lines = [FAILED.model_dump_json()]
+    async with router(tmp_path, worker) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await generate(client)
+    assert raised.value.body == {"detail": "Inference failed: CUDA out of memory"}
+
+
+async def test_a_full_worker_is_the_specs_queue_full_answer(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    worker.job_status = 429
+    worker.detail = "Task queue is full"
+    async with router(tmp_path, worker) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await generate(client)
+    assert raised.value.body == {"detail": "Task queue is full"}
+
+
+@pytest.mark.parametrize("lines", [[], [PREVIEW.model_dump_json()]])
+async def test_a_timeout_closes_the_workers_stream(tmp_path: Path, lines: list[str]) -> None:
+    worker = FakeWorker()
+    worker.stream_lines, worker.hang = lines, True
+    async with router(tmp_path, worker, task_timeout_seconds=1.0) as client:
+        if not lines:
+            with pytest.raises(openai.InternalServerError) as before:
+                await generate(client)
+            assert before.value.body == {"detail": "Task timeout"}
+        else:
+            stream = await generate(client)
+            await anext(stream)
+            with pytest.raises(openai.APIError) as after:
+                await anext(stream)
+            assert after.value.message == "Task timeout"
+        await asyncio.wait_for(worker.disconnected.wait(), 5)
+
+
+async def test_a_client_gone_mid_stream_closes_the_workers_stream(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    worker.stream_lines, worker.hang = [PREVIEW.model_dump_json()], True
+    async with serve(worker.app) as worker_url:
+        app = create_app(router_settings(tmp_path, [worker_url]))
+        async with serve(app, lifespan="on") as url, httpx.AsyncClient() as http:
+            body = {"prompt": "a cat", "stream": True, "partial_images": 1}
+            async with http.stream("POST", url + "/v1/images/generations", json=body) as answer:
+                assert answer.headers["content-type"].startswith("text/event-stream")
+                assert answer.headers["x-accel-buffering"] == "no"
+                lines = answer.aiter_lines()
+                assert await anext(lines) == "event: image_generation.partial_image"
+            await asyncio.wait_for(worker.disconnected.wait(), 5)
+
+
+async def test_every_image_completes_in_order_with_its_index(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    async with router(tmp_path, worker) as client:
+        events = [event async for event in await generate(client, n=3, output_format="webp")]
+    assert [(e.type, e.model_extra["image_index"]) for e in events] == [
+        ("image_generation.completed", i) for i in range(3)
+    ]
+    assert all(e.output_format == "webp" and e.size == "256x256" for e in events)
+    assert worker.jobs[0].seeds == [worker.jobs[0].seeds[0] + i for i in range(3)]
