@@ -450,6 +450,11 @@ def test_ingress_waits_longer_than_a_task(rendered_sets: dict[str, Objects]) -> 
     assert backend == {"name": ROUTER, "port": {"name": "http"}}
 
 
+def test_ingress_passes_streamed_events_on_unbuffered(rendered_sets: dict[str, Objects]) -> None:
+    annotations = find(rendered_sets["gpu-cluster"], "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
 def test_ingress_timeouts_follow_the_task_timeout(render_objects: Any) -> None:
     values = {
         "taskTimeoutSeconds": 1800,
