@@ -58,7 +58,7 @@ class ImageGenerator:
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
                 job, revised = await self._job(job_id, request)
-                dispatched = await self._dispatcher.run(job, _when(deadline))
+                dispatched = await self._dispatcher.run_spread(job, _when(deadline))
         except TimeoutError:
             raise TaskTimeout() from None
         return Generation(dispatched.result.images, dispatched.worker, revised)

@@ -54,6 +54,14 @@ class Balancer:
         ]
         self.scorer, self.picker = _POLICIES[policy](rng)
 
+    def idle(self, workers: Iterable[WorkerState], now: float) -> list[WorkerState]:
+        """The workers that pass every filter and have nothing to do: a request's images
+        spread over them are made side by side."""
+        candidates = list(workers)
+        for worker_filter in self.filters:
+            candidates = worker_filter.filter(candidates, now)
+        return [worker for worker in candidates if worker.used_slots() == 0]
+
     def choose(
         self, workers: Iterable[WorkerState], now: float, exclude: Collection[str] = ()
     ) -> WorkerState | Saturated:
