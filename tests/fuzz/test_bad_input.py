@@ -240,6 +240,7 @@ GOOD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "quality": st.sampled_from(["auto", "low", "medium", "high", "standard", "hd", "ultra"]),
     "background": st.sampled_from(["auto", "opaque", "transparent"]),
     "partial_images": st.integers(-1, 4),
+    "stream": st.booleans(),
 }
 BODIES = st.dictionaries(
     FIELDS | st.text(max_size=10), JSON_VALUES, max_size=8
@@ -263,6 +264,10 @@ def test_any_json_object_gets_images_or_a_400(fuzz_router: Proc, body: dict[str,
     if response.status_code == 400:
         message = detail(response)
         assert message.startswith(("Validation error: ", "Model not available: ")), message
+    elif body.get("stream") is True:
+        completed = response.text.count("event: image_generation.completed\n")
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert completed == (body.get("n") or 1), response.text[-300:]
     else:
         assert len(response.json()["data"]) == (body.get("n") or 1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
+from qwen_image_common.contract import LOAD_PATH
 from support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -167,3 +169,47 @@ def test_bad_input_to_a_stream_is_a_json_400(stack: Stack) -> None:
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/json"
     assert answer.json()["detail"].startswith("Validation error: partial_images")
+
+
+def batch_images(worker_url: str) -> tuple[int, int]:
+    """(pipeline calls, images) from the worker's batch-size histogram."""
+    values = {}
+    for line in httpx.get(worker_url + "/metrics").text.splitlines():
+        if line.startswith("qwen_image_worker_batch_images_"):
+            name, value = line.split()
+            values[name.rsplit("_", 1)[1]] = int(float(value))
+    return values["count"], values["sum"]
+
+
+def test_two_images_are_made_side_by_side_on_two_idle_workers(
+    client: openai.OpenAI, stack: Stack
+) -> None:
+    body = {"prompt": "a harbour", "size": "512x512"}
+    extra = {"num_inference_steps": 8, "seed": 21}
+    before = [batch_images(url) for url in stack.worker_urls]
+    both_running = threading.Event()
+
+    def watch() -> None:
+        while not both_running.is_set() and not done.is_set():
+            loads = [httpx.get(url + LOAD_PATH).json() for url in stack.worker_urls]
+            if all(load["running"] for load in loads):
+                both_running.set()
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        pair = client.images.generate(**body, n=2, extra_body=extra)
+    finally:
+        done.set()
+        watcher.join()
+    # Each worker made one image in one call, and both were at work at the same time.
+    after = [batch_images(url) for url in stack.worker_urls]
+    assert [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)] == [(1, 1)] * 2
+    assert both_running.is_set()
+    # Image i is seed + i's picture, as a request for it alone makes it.
+    alone = [
+        client.images.generate(**body, extra_body={**extra, "seed": seed}) for seed in (21, 22)
+    ]
+    assert pair.data and all(answer.data for answer in alone)
+    assert [item.b64_json for item in pair.data] == [a.data[0].b64_json for a in alone]
