@@ -86,7 +86,7 @@ class FakeWorker:
     `job_status` 200 answers with PNGs; other statuses with `{"detail": detail}`.
     `hold` keeps every job until `release` is set; `hang` keeps it until the caller
     disconnects, and records that in `disconnected`. A streamed job gets `stream_lines`
-    (JobEvent JSON), then with `hang` waits for the caller to go; without lines, the result.
+    (JobEvent JSON), then with `hang` waits for the caller to go, else gets its result.
     """
 
     def __init__(
@@ -134,16 +134,14 @@ class FakeWorker:
         return JSONResponse(self._result(job).model_dump())
 
     async def _events(self, job: JobRequest) -> AsyncIterator[str]:
-        if self.stream_lines is None:
-            yield JobCompleted(result=self._result(job)).model_dump_json() + "\n"
-            return
-        for line in self.stream_lines:
+        for line in self.stream_lines or []:
             yield line + "\n"
         if self.hang:
             try:
                 await asyncio.Event().wait()
             finally:
                 self.disconnected.set()
+        yield JobCompleted(result=self._result(job)).model_dump_json() + "\n"
 
     def _result(self, job: JobRequest) -> JobResult:
         images = [

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from qwen_image_common.contract import GeneratedImage, JobRequest
 from qwen_image_router.errors import TaskTimeout
-from qwen_image_router.outbound.client import JobStream
 from qwen_image_router.outbound.dispatch import Dispatcher
+from qwen_image_router.outbound.spread import EventStream
 from qwen_image_router.prompt_rewrite import PromptRewriter
 from qwen_image_router.schemas import MAX_SEED, ImageGenerationRequest
 
@@ -27,7 +27,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class OpenedStream:
-    stream: JobStream
+    stream: EventStream
     revised_prompt: str | None
     deadline: float  # TASK_TIMEOUT's end, on the event loop's clock
 

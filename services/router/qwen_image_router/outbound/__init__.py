@@ -1,2 +1,3 @@
 """Everything the router sends to workers: the connection pools (transport), one job to one
-worker (client), and a job to the best worker that takes it (dispatch)."""
+worker (client), a job to the best worker that takes it (dispatch), and one request's
+images spread over several idle workers (spread)."""

@@ -12,6 +12,7 @@ from qwen_image_common.contract import JobRequest, JobResult
 from qwen_image_router.errors import QueueFull, TaskTimeout
 from qwen_image_router.metrics import RouterMetrics
 from qwen_image_router.outbound.client import JobStream, Refused, WorkerClient
+from qwen_image_router.outbound.spread import EventStream, MergedStream, all_or_none, merged, split
 from qwen_image_router.registry import WorkerRegistry, WorkerState
 from qwen_image_router.scheduling.balancer import Balancer
 from qwen_image_router.scheduling.saturation import Saturated
@@ -50,37 +51,37 @@ class Dispatcher:
         """`run`, with a job of several images split over the idle workers when more than
         one is: a share each (image i keeps its seed), run side by side and answered in
         order. When a share fails, the others are cancelled and the request gets its error."""
-        idle = len(self._balancer.idle(self._registry.workers(), self._registry.now()))
-        shares = split(job, idle)
+        shares = self._shares(job)
         if len(shares) == 1:
             return await self.run(job, deadline)
-        logger.info("job %s: %d images over %d idle workers", job.job_id, len(job.seeds), idle)
-        # Each share is placed in turn: its send counts against its worker at once, so the
-        # next share's choice sees that worker busy.
-        tasks = [asyncio.create_task(self.run(share, deadline)) for share in shares]
-        try:
-            for finished in asyncio.as_completed(tasks):
-                await finished
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        done = [task.result() for task in tasks]
-        images = [image for part in done for image in part.result.images]
-        result = done[0].result.model_copy(
-            update={
-                "job_id": job.job_id,
-                "images": images,
-                "queue_seconds": max(part.result.queue_seconds for part in done),
-                "run_seconds": max(part.result.run_seconds for part in done),
-            }
-        )
+        done = await all_or_none([self.run(share, deadline) for share in shares])
+        result = merged(job, [part.result for part in done])
         return Dispatched(result, ",".join(part.worker for part in done))
 
-    async def open_stream(self, job: JobRequest, deadline: float) -> JobStream:
-        """As `run`, for a streamed job: the first worker that takes it streams it."""
-        stream, _ = await self._place(job, deadline, self._client.open_stream)
-        return stream
+    async def open_stream(self, job: JobRequest, deadline: float) -> EventStream:
+        """As `run_spread`, for a streamed job: each share streams from the worker that
+        took it, and the request reads them as one stream."""
+        shares = self._shares(job)
+        if len(shares) == 1:
+            stream, _ = await self._place(job, deadline, self._client.open_stream)
+            return stream
+
+        async def close(opened: tuple[JobStream, str]) -> None:
+            await opened[0].aclose()
+
+        opened = await all_or_none(
+            [self._place(share, deadline, self._client.open_stream) for share in shares], close
+        )
+        return MergedStream(job, shares, [stream for stream, _ in opened])
+
+    def _shares(self, job: JobRequest) -> list[JobRequest]:
+        idle = len(self._balancer.idle(self._registry.workers(), self._registry.now()))
+        shares = split(job, idle)
+        if len(shares) > 1:
+            logger.info(
+                "job %s: %d images over %d idle workers", job.job_id, len(job.seeds), len(shares)
+            )
+        return shares
 
     async def _place(
         self,
@@ -108,18 +109,3 @@ class Dispatcher:
             outcome = await send(choice, job.model_copy(update={"timeout_seconds": left}))
             if not isinstance(outcome, Refused):
                 return outcome, choice.name
-
-
-def split(job: JobRequest, workers: int) -> list[JobRequest]:
-    """The job as up to `workers` jobs of consecutive seeds, sizes differing by one at most."""
-    count = max(1, min(workers, len(job.seeds)))
-    if count == 1:
-        return [job]
-    base, extra = divmod(len(job.seeds), count)
-    shares, start = [], 0
-    for index in range(count):
-        size = base + (1 if index < extra else 0)
-        seeds = job.seeds[start : start + size]
-        shares.append(job.model_copy(update={"job_id": f"{job.job_id}-{index}", "seeds": seeds}))
-        start += size
-    return shares
