@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.processes import run_benchmark
 
 
 def test_a_short_run_reports_both_clients_keeping_every_report_fresh() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "poll_cost.py"),
-            "--workers",
-            "4",
-            "--interval",
-            "0.2",
-            "--seconds",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = run_benchmark("poll_cost.py", "--workers", "4", "--interval", "0.2", "--seconds", "1")
     rows = re.findall(
         r"(\d+) workers, (shared pool|pool per worker)\s*: +([\d.]+) polls/s \(asked (\d+)\), "
         r"CPU +[\d.]+ % of a core, ([\d.]+) ms a poll, (\d+)/(\d+) reports fresh; "
         r"first round [\d.]+ ms a worker",
-        done.stdout,
+        output,
     )
     assert [(count, name) for count, name, *_ in rows] == [
         ("4", "shared pool"),
@@ -41,4 +23,4 @@ def test_a_short_run_reports_both_clients_keeping_every_report_fresh() -> None:
         # 20 polls a second asked of 4 workers; how many it does is the benchmark's figure.
         assert asked == "20" and float(polls) > 0
         assert float(ms) > 0 and fresh == of == "4"
-    assert "CPU a poll, shared pool / pool per worker:" in done.stdout
+    assert "CPU a poll, shared pool / pool per worker:" in output

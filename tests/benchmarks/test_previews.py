@@ -4,29 +4,20 @@ job that makes the previews a run of its steps allows."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.processes import run_benchmark
 
 
 def test_a_small_run_reports_the_preview_share() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "previews.py"),
-            *("--sizes", "64", "--steps", "2", "--repeats", "1", "--device", "cpu"),
-        ],
-        capture_output=True,
-        text=True,
+    output = run_benchmark(
+        "previews.py",
+        *("--sizes", "64", "--steps", "2", "--repeats", "1", "--device", "cpu"),
         timeout=300,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = re.findall(
         r"64x64: job ([\d.]+) s, a preview ([\d.]+) ms, (\d+) previews ([\d.]+) % of the job "
         r"\(job with them ([\d.]+) s\)",
-        done.stdout,
+        output,
     )
     # Two steps leave room for one preview (never at the last step) of the three asked.
     assert [count for _, _, count, _, _ in rows] == ["1"]

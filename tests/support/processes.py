@@ -38,6 +38,17 @@ def answers(url: str, status: int = 200) -> bool:
         return False
 
 
+def run_benchmark(script: str, *args: str, timeout: float = 120) -> str:
+    """Runs `benchmarks/<script>` as a user would and returns what it printed; a failure
+    shows the end of its output."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / script
+    done = subprocess.run(
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 # Each program by its entry point: `python -m <package> [arguments]`.
 _ENTRY_POINTS = {
     "router": ["qwen_image_router"],
