@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
+from typing import Literal, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -26,6 +28,7 @@ from qwen_image_router.errors import InferenceFailed, TaskTimeout
 from qwen_image_router.registry import WorkerRegistry, WorkerState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,16 +136,8 @@ class WorkerClient:
         request = self._http.build_request(
             "POST", worker.endpoint.url + JOBS_PATH, json=job.model_dump(mode="json")
         )
-        post = asyncio.create_task(self._http.send(request, stream=stream))
-        silent = asyncio.create_task(worker.silent.wait())
-        try:
-            await asyncio.wait({post, silent}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            silent.cancel()
-            if not post.done():
-                post.cancel()
-                await asyncio.wait({post})
-        return None if post.cancelled() else post.result()
+        answer = await _unless_silent(worker, self._http.send(request, stream=stream))
+        return None if answer is _Silent.SILENT else answer
 
     def _interpret(
         self, worker: WorkerState, job: JobRequest, response: httpx.Response
@@ -226,23 +221,35 @@ class JobStream:
         """The next non-empty line; None at the end of the body or once the worker's load
         polls say it stopped answering."""
         while True:
-            read = asyncio.ensure_future(anext(self._lines, None))
-            silent = asyncio.ensure_future(self.worker.silent.wait())
-            try:
-                await asyncio.wait({read, silent}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                silent.cancel()
-                if not read.done():
-                    read.cancel()
-                    await asyncio.wait({read})
-            if read.cancelled():
+            line = await _unless_silent(self.worker, anext(self._lines, None))
+            if line is _Silent.SILENT:
                 logger.warning(
                     "job %s: worker %s stopped answering", self._job.job_id, self.worker.name
                 )
                 return None
-            line = read.result()
             if line is None or line.strip():
                 return line
+
+
+class _Silent(Enum):
+    """A worker gone silent: told apart from every answer a read may give, None included."""
+
+    SILENT = "silent"
+
+
+async def _unless_silent(worker: WorkerState, work: Awaitable[T]) -> T | _Silent:
+    """`work`'s result, or SILENT (`work` cancelled) once the worker's load polls say it
+    stopped answering: a hung worker's connection stays open, so a read would wait forever."""
+    task = asyncio.ensure_future(work)
+    silent = asyncio.ensure_future(worker.silent.wait())
+    try:
+        await asyncio.wait({task, silent}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        silent.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    return _Silent.SILENT if task.cancelled() else task.result()
 
 
 def parse_result(job: JobRequest, content: bytes | JobResult) -> JobResult:
