@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from router_fakes import FakeWorker, router_settings, serve
+from router_fakes import FakeWorker, metric_value, router_settings, serve
 
 from qwen_image_common.contract import JobFailed, PartialImage
 from qwen_image_router.app import create_app
@@ -118,3 +118,21 @@ async def test_every_image_completes_in_order_with_its_index(tmp_path: Path) -> 
     ]
     assert all(e.output_format == "webp" and e.size == "256x256" for e in events)
     assert worker.jobs[0].seeds == [worker.jobs[0].seeds[0] + i for i in range(3)]
+
+
+async def test_streamed_answers_are_counted_once_each_and_timed(tmp_path: Path) -> None:
+    worker = FakeWorker()
+    async with serve(worker.app) as worker_url:
+        app = create_app(router_settings(tmp_path, [worker_url]))
+        async with serve(app, lifespan="on") as url:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            assert [event async for event in await generate(client)]
+            worker.stream_lines = [FAILED.model_dump_json()]
+            with pytest.raises(openai.InternalServerError):
+                await generate(client)
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(url + "/metrics")).text
+    requests = "qwen_image_router_requests_total"
+    assert metric_value(text, requests, status="200", reason="ok") == 1
+    assert metric_value(text, requests, status="500", reason="inference_failed") == 1
+    assert metric_value(text, "qwen_image_router_request_duration_seconds_count") == 2

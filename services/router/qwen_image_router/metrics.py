@@ -30,7 +30,7 @@ class RouterMetrics:
         )
         self.request_duration = Histogram(
             "qwen_image_router_request_duration_seconds",
-            "Time from a valid generation request to its answer.",
+            "Time from a valid generation request to its answer's end (a stream's last event).",
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
