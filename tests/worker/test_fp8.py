@@ -1,9 +1,8 @@
 """FP8 matmuls on the CPU: the quantisation, the layer's arithmetic, which layers change.
 
 torch._scaled_mm runs on the CPU too (as the reference arithmetic, no fp8 units), so the
-layer here makes the same call with the same operand layouts as on a GPU. The locked
-PyTorch's CPU kernel takes one scale per tensor only, so layers that run here scale per
-tensor; the row-wise forward runs in tests/worker/test_fast_modes_gpu.py.
+layer here makes the same call with the same operand layouts as on a GPU; row-wise scales,
+which the CPU kernel does not take, are applied to its unit-scaled product.
 """
 
 from __future__ import annotations
@@ -66,8 +65,10 @@ def test_one_scale_per_matrix_loses_the_rows_far_below_the_largest() -> None:
     assert errors[5] < E4M3_ROUNDING  # the largest row is as exact as row-wise
 
 
-def test_the_layer_multiplies_the_quantised_operands_and_costs_e4m3s_rounding() -> None:
-    rowwise = False
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_the_layer_multiplies_the_quantised_operands_and_costs_e4m3s_rounding(
+    rowwise: bool,
+) -> None:
     torch.manual_seed(2)
     linear = nn.Linear(64, 48)
     x = torch.randn(2, 7, 64)  # 14 rows: not a multiple of 16, as text lengths are not
@@ -85,7 +86,7 @@ def test_the_layer_multiplies_the_quantised_operands_and_costs_e4m3s_rounding() 
 
 def test_a_layer_cut_from_a_fused_one_shares_its_memory_and_its_rows() -> None:
     torch.manual_seed(3)
-    fused = Fp8Linear.from_linear(nn.Linear(32, 96), rowwise=False)
+    fused = Fp8Linear.from_linear(nn.Linear(32, 96), rowwise=True)
     part = fused.rows(32, 64, fused.bias[32:64] if fused.bias is not None else None)
     x = torch.randn(5, 32)
     assert part.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
@@ -130,7 +131,7 @@ def test_the_fp8_transformer_stays_near_the_float_one(edge: int) -> None:
     exact = deep_transformer()
     fast = deep_transformer()
     install_joint_attention(fast, fuse=True, real_rope=True)
-    quantise_blocks(fast, rowwise=False, bf16_edge_blocks=edge)
+    quantise_blocks(fast, rowwise=True, bf16_edge_blocks=edge)
     inputs = forward_inputs(6, 5, 9, text_dim=32)
     with torch.no_grad():
         error = relative_error(fast(**inputs)[0], exact(**inputs)[0])
@@ -141,7 +142,7 @@ def test_an_fp8_block_compiles_once_for_every_size_and_text_length() -> None:
     """Regional compile traces through the FP8 layers: no graph break, no recompile."""
     transformer = deep_transformer(layers=2)
     install_joint_attention(transformer, fuse=True, real_rope=True)
-    quantise_blocks(transformer, rowwise=False, bf16_edge_blocks=0)
+    quantise_blocks(transformer, rowwise=True, bf16_edge_blocks=0)
     new_graphs, compiled, eager = compile_blocks_and_vary_shapes(transformer, text_dim=32)
     assert new_graphs == 0
     assert relative_error(compiled, eager) < 1e-6

@@ -87,14 +87,17 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values, scale = quantise(x.reshape(-1, self.in_features), self.rowwise)
-        out = torch._scaled_mm(
-            values.contiguous(),
-            self.weight.t(),
-            scale_a=scale,
-            scale_b=self.weight_scale,
-            out_dtype=x.dtype,
-            use_fast_accum=True,
-        )
+        if self.rowwise and values.device.type == "cpu":
+            out = _row_scaled_mm_on_cpu(values, self.weight.t(), scale, self.weight_scale, x.dtype)
+        else:
+            out = torch._scaled_mm(
+                values.contiguous(),
+                self.weight.t(),
+                scale_a=scale,
+                scale_b=self.weight_scale,
+                out_dtype=x.dtype,
+                use_fast_accum=True,
+            )
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -102,6 +105,20 @@ class Fp8Linear(nn.Module):
     def extra_repr(self) -> str:
         scaling = "row" if self.rowwise else "tensor"
         return f"in_features={self.in_features}, out_features={self.out_features}, {scaling}"
+
+
+def _row_scaled_mm_on_cpu(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """PyTorch's CPU `_scaled_mm` takes one scale per operand: the same FP8 product with unit
+    scales, then each row's and column's scale, as the GPU kernel's epilogue applies them."""
+    one = torch.ones((), dtype=torch.float32, device=a.device)
+    product = torch._scaled_mm(a.contiguous(), b, scale_a=one, scale_b=one, out_dtype=torch.float32)
+    return (product * scale_a * scale_b).to(out_dtype)
 
 
 @dataclass
