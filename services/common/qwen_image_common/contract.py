@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat
 
@@ -31,6 +31,11 @@ PIXELS_PER_TOKEN = 16 * 16
 
 # A streamed job's answer: one JobEvent as JSON a line, flushed as it happens.
 EVENTS_MEDIA_TYPE = "application/x-ndjson"
+# Qwen-Image-Edit-2509 takes one to three input pictures.
+MAX_EDIT_PICTURES = 3
+
+# What a worker's model does: make images from text, or change the pictures it is given.
+Task = Literal["generate", "edit"]
 
 
 class JobRequest(BaseModel):
@@ -41,8 +46,15 @@ class JobRequest(BaseModel):
     job_id: str = Field(min_length=1, max_length=64, description="Opaque id for logs.")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    width: int = Field(ge=16, le=MAX_SIDE_PIXELS, description="Exact width of the result.")
-    height: int = Field(ge=16, le=MAX_SIDE_PIXELS, description="Exact height of the result.")
+    width: int | None = Field(
+        default=None,
+        ge=16,
+        le=MAX_SIDE_PIXELS,
+        description="Exact width of the result; for an edit, none lets the pipeline choose.",
+    )
+    height: int | None = Field(
+        default=None, ge=16, le=MAX_SIDE_PIXELS, description="Exact height of the result."
+    )
     num_inference_steps: int = Field(ge=1, le=50)
     guidance_scale: float = Field(ge=1.0, le=20.0, description="True CFG scale.")
     seeds: list[int] = Field(
@@ -63,6 +75,19 @@ class JobRequest(BaseModel):
     partial_images: int = Field(
         0, ge=0, le=MAX_PARTIAL_IMAGES, description="Previews per image of a streamed job."
     )
+    pictures: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EDIT_PICTURES,
+        description="An edit's input pictures, base64 PNG files; none for text-to-image.",
+    )
+
+    @model_validator(mode="after")
+    def _size_given_unless_edit(self) -> JobRequest:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height: give both or neither")
+        if self.width is None and not self.pictures:
+            raise ValueError("width and height: required without pictures")
+        return self
 
 
 class GeneratedImage(BaseModel):
@@ -107,8 +132,10 @@ JOB_EVENT: TypeAdapter[PartialImage | JobCompleted | JobFailed] = TypeAdapter(Jo
 
 
 class WorkerLoad(BaseModel):
-    """What a worker reports of itself; the router schedules on it."""
+    """What a worker reports of itself; the router learns its pools and schedules on it."""
 
+    model: str = Field(default="Qwen-Image", description="The worker's MODEL_NAME.")
+    task: Task = Field(default="generate", description="What its pipeline does.")
     ready: bool = Field(description="Model loaded, warmed up and not draining.")
     running: int = Field(ge=0, description="Jobs in the batch on the GPU now.")
     waiting: int = Field(ge=0, description="Jobs accepted and waiting for the GPU.")

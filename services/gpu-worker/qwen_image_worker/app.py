@@ -18,6 +18,7 @@ from qwen_image_common.serving import GracefulServer
 from qwen_image_common.settings import load_settings
 from qwen_image_worker.api.routes import health, jobs
 from qwen_image_worker.engine.base import BatchLimit, ImageEngine, ImageSpec
+from qwen_image_worker.engine.model_kind import GENERATOR, pipeline_kind
 from qwen_image_worker.engine.simulated import SIMULATED_MODEL_PATH, SimulatedEngine
 from qwen_image_worker.errors import install_error_handlers
 from qwen_image_worker.metrics import WorkerMetrics
@@ -30,8 +31,11 @@ logger = logging.getLogger(__name__)
 def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """`on_fatal` is called when the model cannot be loaded; `run` makes it exit non-zero."""
 
+    simulated = settings.model_path.strip().lower() == SIMULATED_MODEL_PATH
+    kind = GENERATOR if simulated else pipeline_kind(settings.model_path)
+
     def build_engine() -> ImageEngine:
-        if settings.model_path.strip().lower() == SIMULATED_MODEL_PATH:
+        if simulated:
             return SimulatedEngine(
                 settings.simulated_step_seconds,
                 on_step=metrics.step_duration.observe,
@@ -40,10 +44,14 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
         # Imported here, so a simulated worker never loads torch (about 1 GB a process).
         from qwen_image_worker.engine.acceleration import Levers, accelerate, batch_limit
         from qwen_image_worker.engine.diffusers_engine import Engine
+        from qwen_image_worker.engine.editing import EditEngine
         from qwen_image_worker.engine.loading import load_pipeline, pick_device
 
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
+        if kind.task == "edit":
+            # The speed levers are measured on the text-to-image pipeline only.
+            return EditEngine(pipe, on_step=metrics.step_duration.observe)
         levers = accelerate(pipe, Levers.from_settings(settings))
         return Engine(
             pipe,
@@ -65,7 +73,7 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        queue = JobQueue(settings.task_queue_size, metrics)
+        queue = JobQueue(settings.task_queue_size, metrics, settings.model_name, kind)
         app.state.queue = queue
 
         def report(task: asyncio.Task[None]) -> None:

@@ -19,6 +19,16 @@ class WorkerError(Exception):
         self.detail = detail
 
 
+class BadJob(WorkerError):
+    """A job this worker's model cannot run (pictures for a generator, none for an editor)."""
+
+    status_code = 400
+    reason = "bad_job"
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"Validation error: {problem}")
+
+
 class QueueFull(WorkerError):
     status_code = contract.STATUS_QUEUE_FULL
     reason = "queue_full"

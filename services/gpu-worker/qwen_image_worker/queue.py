@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import logging
 import sys
 import threading
@@ -32,8 +33,15 @@ from qwen_image_common.contract import (
     WorkerLoad,
 )
 from qwen_image_common.encoding import encode_image
-from qwen_image_worker.engine.base import ImageEngine, ImageSpec, StopRequested
+from qwen_image_worker.engine.base import (
+    ImageEngine,
+    ImageSpec,
+    StopRequested,
+    edit_output_size,
+)
+from qwen_image_worker.engine.model_kind import GENERATOR, PipelineKind
 from qwen_image_worker.errors import (
+    BadJob,
     InferenceFailed,
     JobCancelled,
     NotReady,
@@ -71,16 +79,22 @@ class Job:
     def image_specs(self) -> list[ImageSpec]:
         """One per seed; made once, read each time the queue looks for batch-mates."""
         r = self.request
+        pictures = tuple(decode_picture(picture) for picture in r.pictures)
+        if r.width is not None and r.height is not None:
+            width, height = r.width, r.height
+        else:
+            width, height = edit_output_size(*pictures[-1].size)
         return [
             ImageSpec(
                 prompt=r.prompt,
                 negative_prompt=r.negative_prompt,
-                width=r.width,
-                height=r.height,
+                width=width,
+                height=height,
                 num_inference_steps=r.num_inference_steps,
                 guidance_scale=r.guidance_scale,
                 seed=seed,
                 partial_images=r.partial_images if r.stream else 0,
+                pictures=pictures,
             )
             for seed in r.seeds
         ]
@@ -92,11 +106,26 @@ def encode_b64(image: Image.Image, request: JobRequest) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def decode_picture(png_b64: str) -> Image.Image:
+    """An input picture as the router sent it: an RGB PNG it already checked."""
+    image = Image.open(io.BytesIO(base64.b64decode(png_b64)))
+    image.load()
+    return image.convert("RGB")
+
+
 class JobQueue:
     """Admits jobs while there is room, runs them in order, and fails each one exactly once."""
 
-    def __init__(self, max_waiting: int, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        max_waiting: int,
+        metrics: WorkerMetrics,
+        model: str = "Qwen-Image",
+        kind: PipelineKind = GENERATOR,
+    ) -> None:
         self.max_waiting = max_waiting
+        self.model = model
+        self.kind = kind
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self._engine: ImageEngine | None = None
@@ -120,6 +149,8 @@ class JobQueue:
 
     def load(self) -> WorkerLoad:
         return WorkerLoad(
+            model=self.model,
+            task=self.kind.task,
             ready=self._accepting,
             running=len(self._running),
             waiting=len(self._waiting),
@@ -162,6 +193,7 @@ class JobQueue:
     def submit(self, request: JobRequest) -> Job:
         if not self._accepting:
             raise NotReady("Worker not ready: the model is loading or the worker is draining")
+        self._check_pictures(request)
         if len(self._running) + len(self._waiting) >= self.capacity:
             self._metrics.job_failures.labels("queue_full").inc()
             raise QueueFull
@@ -170,6 +202,11 @@ class JobQueue:
         # A job whose caller left has nobody to read its error; mark it read.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         job = Job(request, deadline=now + request.timeout_seconds, enqueued_at=now, future=future)
+        try:
+            job.image_specs  # noqa: B018 - decodes the pictures now, so a bad one is a 400
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            future.cancel()
+            raise BadJob(f"pictures: not a readable picture ({exc})") from None
         if request.stream:
             previews: asyncio.Queue[asyncio.Task[PartialImage] | None] = asyncio.Queue()
             future.add_done_callback(lambda _: previews.put_nowait(None))
@@ -178,6 +215,14 @@ class JobQueue:
         self._metrics.queue_depth.set(len(self._waiting))
         self._wakeup.set()
         return job
+
+    def _check_pictures(self, request: JobRequest) -> None:
+        """A generator takes no pictures, an editor one to its `max_pictures`."""
+        count, most = len(request.pictures), self.kind.max_pictures
+        if self.kind.task == "generate" and count:
+            raise BadJob(f"pictures: {self.model} makes images from text and takes none")
+        if self.kind.task == "edit" and not 1 <= count <= most:
+            raise BadJob(f"pictures: {self.model} edits 1 to {most} pictures, got {count}")
 
     def cancel(self, job: Job, error: WorkerError) -> None:
         """Stop `job` within one denoising step, or drop it if it has not started."""
@@ -357,8 +402,8 @@ class JobQueue:
             "job %s done: %d image(s) %dx%d, %d steps, waited %.2f s, ran %.2f s",
             job.request.job_id,
             len(files),
-            job.request.width,
-            job.request.height,
+            job.image_specs[0].width,
+            job.image_specs[0].height,
             job.request.num_inference_steps,
             result.queue_seconds,
             result.run_seconds,

@@ -21,10 +21,15 @@ class WorkerSettings(BaseSettings):
 
     model_path: str = Field(
         default="demo",
-        description="Diffusers folder of Qwen/Qwen-Image, or 'demo' (or empty) for the tiny "
-        "built-in model with random weights.",
+        description="Diffusers folder of a Qwen-Image model (its model_index.json names the "
+        "pipeline: QwenImagePipeline, QwenImageEditPlusPipeline or QwenImageEditPipeline), "
+        "'demo' (or empty) for the tiny built-in text-to-image model with random weights, "
+        "'demo-edit' for the tiny built-in editor.",
     )
-    model_name: str = Field(default="Qwen-Image", description="Name reported in logs.")
+    model_name: str = Field(
+        default="Qwen-Image",
+        description="The model's public name: the router serves it under this name.",
+    )
     task_queue_size: int = Field(
         default=4, ge=0, le=1024, description="Jobs that may wait behind the running batch."
     )

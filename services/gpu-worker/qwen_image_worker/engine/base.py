@@ -7,12 +7,15 @@ dozens of them fit on a small machine for load and fault tests.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
+
+from qwen_image_common.contract import MAX_SIDE_PIXELS, Task
 
 # A streamed job's partial image: (the image's place in the batch, its preview's index from
 # 0, the picture). Called on the GPU thread.
@@ -53,12 +56,24 @@ class ImageSpec:
     guidance_scale: float
     seed: int
     partial_images: int = 0
+    pictures: tuple[Image.Image, ...] = field(default=(), compare=False)
 
     @property
     def batch_key(self) -> tuple[int, int, int, float]:
         """Images may share one pipeline call when these agree: one latent shape, one
         timestep schedule, one CFG scale. Prompts, negative prompts and seeds may differ."""
         return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+
+
+def edit_output_size(picture_width: int, picture_height: int) -> tuple[int, int]:
+    """The size an edit makes when none is asked: the last picture's aspect at about one
+    megapixel, sides multiples of 32, as QwenImageEditPlusPipeline chooses; a side past
+    MAX_SIDE_PIXELS (a picture more than 4:1) shrinks both, keeping the aspect."""
+    ratio = picture_width / picture_height
+    width = math.sqrt(1024 * 1024 * ratio)
+    height = width / ratio
+    scale = min(1.0, MAX_SIDE_PIXELS / max(width, height))
+    return max(32, round(width * scale / 32) * 32), max(32, round(height * scale / 32) * 32)
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ def common_shape(specs: Sequence[ImageSpec]) -> ImageSpec:
 
 class ImageEngine(Protocol):
     """Makes images on the worker's single GPU thread, several of one shape per call."""
+
+    task: Task
 
     def generate_batch(
         self,

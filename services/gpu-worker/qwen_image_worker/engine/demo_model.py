@@ -9,6 +9,7 @@ whose widest layer has few channels). The pictures are noise-like, honestly.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from diffusers import (
@@ -46,6 +47,18 @@ def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
     modes that treat blocks differently (FP8's bf16 edge blocks, the step cache) need several.
     """
     torch.manual_seed(DEMO_SEED)
+    tokenizer = demo_tokenizer()
+    parts = demo_parts(tokenizer, num_layers, vae_res_blocks=0)
+    pipe = QwenImagePipeline(tokenizer=tokenizer, **parts)
+    fit_template_prefix(
+        tokenizer, pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
+    )
+    check_vocab(tokenizer)
+    return pipe
+
+
+def demo_tokenizer() -> Qwen2Tokenizer:
+    """Byte-level: the 256 byte symbols and Qwen's chat tokens, nothing to download."""
     tokenizer = Qwen2Tokenizer(
         vocab={symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))},
         merges=[],
@@ -54,6 +67,20 @@ def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
         {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]}
     )
     tokenizer.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+    return tokenizer
+
+
+def demo_parts(
+    tokenizer: Qwen2Tokenizer,
+    num_layers: int,
+    vae_res_blocks: int,
+    text_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Scheduler, VAE, text encoder and transformer, drawn from the global torch seed.
+
+    `vae_res_blocks=0` is the fastest VAE and decodes fine, but its encoder fails; a pipeline
+    that encodes pictures (the editor) needs 1. `text_config` adds to the text encoder's
+    config (the editor's vision token ids)."""
     transformer = QwenImageTransformer2DModel(
         patch_size=2,
         in_channels=_LATENT_CHANNELS * 4,
@@ -68,7 +95,7 @@ def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
         base_dim=4,
         z_dim=_LATENT_CHANNELS,
         dim_mult=[1, 1, 2, 2],
-        num_res_blocks=0,
+        num_res_blocks=vae_res_blocks,
         temperal_downsample=[False, True, True],
         latents_mean=[0.0] * _LATENT_CHANNELS,
         latents_std=[1.0] * _LATENT_CHANNELS,
@@ -102,33 +129,36 @@ def build_demo_pipeline(num_layers: int = 1) -> QwenImagePipeline:
             vocab_size=_TEXT_VOCAB,
             bos_token_id=None,
             eos_token_id=tokenizer.eos_token_id,
+            **(text_config or {}),
         )
     )
-    pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-    )
-    _fit_template_prefix(
-        tokenizer, pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
-    )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "transformer": transformer,
+    }
+
+
+def check_vocab(tokenizer: Qwen2Tokenizer) -> None:
     if len(tokenizer) > _TEXT_VOCAB:
         raise RuntimeError(f"demo tokenizer has {len(tokenizer)} tokens, more than {_TEXT_VOCAB}")
-    return pipe
 
 
-def _fit_template_prefix(tokenizer: Qwen2Tokenizer, template: str, drop: int) -> None:
-    """Add word tokens for the template's system instruction until the part before the user's
-    text is exactly the `drop` tokens the pipeline cuts off, so embeddings start at the prompt.
-    """
+def fit_template_prefix(tokenizer: Qwen2Tokenizer, template: str, drop: int) -> None:
+    """Add word tokens for the template's system instruction, joining or splitting words until
+    the part before the user's text is exactly the `drop` tokens the pipeline cuts off, so
+    embeddings start at the prompt."""
     prefix = template.split("{}")[0]
     system = prefix.split("system\n", 1)[1].split("<|im_end|>", 1)[0]
     words = re.findall(r"\s*\S+", system)
     others = len(tokenizer(prefix.replace(system, ""))["input_ids"])
     while others + len(words) > drop and len(words) > 1:
         words[-2:] = [words[-2] + words[-1]]
+    while others + len(words) < drop and max(map(len, words)) > 1:
+        longest = max(range(len(words)), key=lambda i: len(words[i]))
+        word = words[longest]
+        words[longest : longest + 1] = [word[: len(word) // 2], word[len(word) // 2 :]]
     tokenizer.add_tokens(words)
     got = len(tokenizer(prefix)["input_ids"])
     if got != drop:

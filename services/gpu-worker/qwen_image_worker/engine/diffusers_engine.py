@@ -11,11 +11,13 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from diffusers import QwenImagePipeline
 from PIL import Image
 
+from qwen_image_common.contract import Task
 from qwen_image_worker.engine.base import (
     ONE_AT_A_TIME,
     BatchLimit,
@@ -38,6 +40,8 @@ _EMPTY_NEGATIVE_PROMPT = " "
 
 class Engine:
     """Owns the pipeline; call it from one thread only (the pipeline keeps per-call state)."""
+
+    task: Task = "generate"
 
     def __init__(
         self,
@@ -109,10 +113,7 @@ class Engine:
 
         try:
             result = self.pipe(
-                prompt=[spec.prompt for spec in specs],
-                negative_prompt=[
-                    spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT for spec in specs
-                ],
+                **self.inputs(specs),
                 true_cfg_scale=shape.guidance_scale,
                 width=gen_width,
                 height=gen_height,
@@ -138,6 +139,13 @@ class Engine:
         gen_width, gen_height = self.generation_size(shape.width, shape.height)
         images = decode(self.pipe, predicted, gen_width, gen_height)
         return [center_crop(image, shape.width, shape.height) for image in images]
+
+    def inputs(self, specs: Sequence[ImageSpec]) -> dict[str, Any]:
+        """The pipeline's arguments that differ per image: prompts (and an editor's pictures)."""
+        return {
+            "prompt": [spec.prompt for spec in specs],
+            "negative_prompt": [negative_prompt(spec) for spec in specs],
+        }
 
     def warm_up(self, spec: ImageSpec) -> list[tuple[int, int]]:
         """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares
@@ -183,6 +191,10 @@ class Engine:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def negative_prompt(spec: ImageSpec) -> str:
+    return spec.negative_prompt.strip() or _EMPTY_NEGATIVE_PROMPT
 
 
 def center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
