@@ -13,6 +13,8 @@ import pytest
 from qwen_image_common.contract import JOBS_PATH, LOAD_PATH, JobResult, WorkerLoad
 from support.processes import Service, start_worker, wait_until
 
+from .test_edit_api import png_b64
+
 
 def body(
     steps: int = 2, size: int = 64, timeout: float = 60.0, seeds: tuple[int, ...] = (1,)
@@ -120,3 +122,10 @@ def test_sigterm_drains_running_and_waiting_jobs_then_exits_zero(tmp_path: Path)
     second.join()
     assert answers[0].status_code == 200 and waiting[0].status_code == 200
     assert "draining: not ready any more; 1 running, 1 waiting" in service.log()
+
+
+def test_a_text_to_image_worker_refuses_pictures_and_names_its_task(worker: str) -> None:
+    assert (load(worker).model, load(worker).task) == ("Qwen-Image", "generate")
+    answer = httpx.post(worker + JOBS_PATH, json=body() | {"pictures": [png_b64(32, 32)]})
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith("Validation error: pictures")

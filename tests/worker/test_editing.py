@@ -61,7 +61,9 @@ def test_an_unknown_pipeline_class_is_refused_by_name(tmp_path: Path) -> None:
         pipeline_kind(str(tmp_path))
 
 
-@pytest.mark.parametrize("aspect", [(1, 1), (3, 2), (2, 3), (16, 9), (9, 16), (4, 3), (4, 1), (1, 4)])
+@pytest.mark.parametrize(
+    "aspect", [(1, 1), (3, 2), (2, 3), (16, 9), (9, 16), (4, 3), (4, 1), (1, 4)]
+)
 def test_default_edit_size_is_the_pipelines_own_choice(aspect: tuple[int, int]) -> None:
     width, height = 300 * aspect[0], 300 * aspect[1]
     assert edit_output_size(width, height) == calculate_dimensions(1024 * 1024, width / height)
