@@ -34,6 +34,7 @@ from qwen_image_router.metrics import RouterMetrics
 from qwen_image_router.outbound.client import WorkerClient
 from qwen_image_router.outbound.dispatch import Dispatcher
 from qwen_image_router.outbound.transport import PerWorkerTransport
+from qwen_image_router.pools import ModelPools
 from qwen_image_router.prompt_rewrite import build_rewriter
 from qwen_image_router.registry import WorkerRegistry
 from qwen_image_router.runtime import RouterRuntime
@@ -114,8 +115,10 @@ async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIter
         await poller.start()
         stack.push_async_callback(poller.stop)
 
+        pools = ModelPools(registry, settings.model_name)
         dispatcher = Dispatcher(
             registry,
+            pools,
             Balancer(settings.load_stale_after_seconds, policy=settings.scheduling_policy),
             WorkerClient(http, registry, block_seconds),
             metrics,
@@ -128,7 +131,7 @@ async def running(settings: RouterSettings, metrics: RouterMetrics) -> AsyncIter
             settings.discovery,
             "on" if rewriter is not None else "off",
         )
-        yield RouterRuntime(registry=registry, generator=generator, storage=storage)
+        yield RouterRuntime(registry=registry, pools=pools, generator=generator, storage=storage)
 
 
 def create_app(settings: RouterSettings) -> FastAPI:

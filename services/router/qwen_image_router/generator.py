@@ -53,23 +53,27 @@ class ImageGenerator:
             return request.seed
         return self._rng.randint(0, MAX_SEED - request.n + 1)
 
-    async def generate(self, job_id: str, request: ImageGenerationRequest) -> Generation:
-        """Raises QueueFull, TaskTimeout or InferenceFailed."""
+    async def generate(
+        self, job_id: str, request: ImageGenerationRequest, model: str
+    ) -> Generation:
+        """Runs on the pool of `model`; raises QueueFull, TaskTimeout or InferenceFailed."""
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
                 job, revised = await self._job(job_id, request)
-                dispatched = await self._dispatcher.run_spread(job, _when(deadline))
+                dispatched = await self._dispatcher.run_spread(job, _when(deadline), model)
         except TimeoutError:
             raise TaskTimeout() from None
         return Generation(dispatched.result.images, dispatched.worker, revised)
 
-    async def open_stream(self, job_id: str, request: ImageGenerationRequest) -> OpenedStream:
+    async def open_stream(
+        self, job_id: str, request: ImageGenerationRequest, model: str
+    ) -> OpenedStream:
         """A streamed job, taken by a worker; raises as `generate`. TASK_TIMEOUT bounds the
         whole stream: its reader keeps to `deadline`."""
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
                 job, revised = await self._job(job_id, request)
-                stream = await self._dispatcher.open_stream(job, _when(deadline))
+                stream = await self._dispatcher.open_stream(job, _when(deadline), model)
         except TimeoutError:
             raise TaskTimeout() from None
         return OpenedStream(stream, revised, _when(deadline))

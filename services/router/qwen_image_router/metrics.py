@@ -39,9 +39,21 @@ class RouterMetrics:
             "Requests refused with `Task queue is full` because no ready worker had room.",
             registry=self.registry,
         )
+        self.model_queue_full = Counter(
+            "qwen_image_router_model_queue_full_total",
+            "Requests refused with `Task queue is full`, by the model (pool) they named.",
+            ["model"],
+            registry=self.registry,
+        )
         self.ready_workers = Gauge(
             "qwen_image_router_ready_workers",
             "Workers whose fresh load report says ready.",
+            registry=self.registry,
+        )
+        self.model_ready_workers = Gauge(
+            "qwen_image_router_model_ready_workers",
+            "Workers whose fresh load report says ready, by the model (pool) they serve.",
+            ["model"],
             registry=self.registry,
         )
         self.in_flight = Gauge(
@@ -77,11 +89,14 @@ class RouterMetrics:
         """Set the worker gauges from the registry; workers gone from it lose their series."""
         self.worker_in_flight.clear()
         self.worker_load_ratio.clear()
+        self.model_ready_workers.clear()
         for worker in registry.workers():
             self.worker_in_flight.labels(worker=worker.name).set(worker.in_flight)
         ready = registry.ready_workers(stale_after)
         for worker in ready:
             self.worker_load_ratio.labels(worker=worker.name).set(worker.used_ratio())
+            assert worker.load is not None
+            self.model_ready_workers.labels(model=worker.load.model).inc()
         self.ready_workers.set(len(ready))
 
     def render(self) -> bytes:

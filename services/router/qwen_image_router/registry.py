@@ -30,6 +30,8 @@ class WorkerState:
     endpoint: WorkerEndpoint
     load: WorkerLoad | None = None
     load_at: float | None = None
+    # The last good report, kept through failed polls: it names the worker's model (pool).
+    reported: WorkerLoad | None = None
     in_flight: int = 0
     blocked_until: float = 0.0
     consecutive_failures: int = field(default=0)
@@ -120,6 +122,7 @@ class WorkerRegistry:
         if state is None:
             return
         state.load = load
+        state.reported = load
         state.load_at = self._clock()
         state.blocked_until = 0.0
         state.consecutive_failures = 0

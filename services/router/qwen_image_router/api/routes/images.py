@@ -17,7 +17,6 @@ from qwen_image_router.api.disconnect import run_until_disconnected
 from qwen_image_router.api.routes.files import IMAGE_ROUTE_NAME
 from qwen_image_router.errors import (
     InferenceFailed,
-    ModelNotAvailable,
     RouterError,
     StorageFailed,
     error_doc,
@@ -63,20 +62,20 @@ async def create_images(
     metrics: MetricsDep,
     runtime: RuntimeDep,
 ) -> ImagesResponse | StreamingResponse:
-    requested = settings.model_name if body.model is None else body.model
-    if requested.casefold() != settings.model_name.casefold():
-        raise ModelNotAvailable(requested)
+    model = runtime.pools.resolve(body.model, "generate")
 
     started = time.monotonic()
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
     width, height = body.dimensions()
     if body.stream:
-        return await _stream(job_id, body, request, metrics, runtime)
+        return await _stream(job_id, body, model, request, metrics, runtime)
     outcome, worker = "cancelled", "-"
     metrics.in_flight.inc()
     try:
-        generation = await run_until_disconnected(request, runtime.generator.generate(job_id, body))
+        generation = await run_until_disconnected(
+            request, runtime.generator.generate(job_id, body, model)
+        )
         worker = generation.worker
         data = await _image_data(generation, body, runtime.storage, settings, request)
         outcome = "ok"
@@ -115,6 +114,7 @@ async def create_images(
 async def _stream(
     job_id: str,
     body: ImageGenerationRequest,
+    model: str,
     request: Request,
     metrics: MetricsDep,
     runtime: RuntimeDep,
@@ -125,7 +125,7 @@ async def _stream(
     metrics.in_flight.inc()
 
     async def start() -> tuple[OpenedStream, PartialImage | JobResult]:
-        opened = await runtime.generator.open_stream(job_id, body)
+        opened = await runtime.generator.open_stream(job_id, body, model)
         return opened, await first_event(opened)
 
     def on_end(outcome: str) -> None:
