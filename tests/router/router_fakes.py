@@ -32,13 +32,16 @@ from qwen_image_common.contract import (
     JobCompleted,
     JobRequest,
     JobResult,
+    Task,
     WorkerLoad,
 )
 from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat, encode_image
 from qwen_image_router.app import create_app
 from qwen_image_router.settings import RouterSettings
 
-UNREACHABLE_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connect is refused
+UNREACHABLE_URL = "http://127.0.0.1:9"
+# What a fake editor makes when the request leaves the size to the pipeline.
+EDIT_SIZE = (96, 64)  # the discard port: nothing listens, connect is refused
 
 
 class _QuietServer(uvicorn.Server):
@@ -90,9 +93,23 @@ class FakeWorker:
     """
 
     def __init__(
-        self, *, ready: bool = True, running: int = 0, waiting: int = 0, capacity: int = 2
+        self,
+        *,
+        ready: bool = True,
+        running: int = 0,
+        waiting: int = 0,
+        capacity: int = 2,
+        model: str = "Qwen-Image",
+        task: Task = "generate",
     ) -> None:
-        self.load = WorkerLoad(ready=ready, running=running, waiting=waiting, capacity=capacity)
+        self.load = WorkerLoad(
+            model=model,
+            task=task,
+            ready=ready,
+            running=running,
+            waiting=waiting,
+            capacity=capacity,
+        )
         self.job_status = 200
         self.detail = "Inference failed: CUDA out of memory"
         self.raw_body: bytes | None = None
@@ -148,7 +165,12 @@ class FakeWorker:
             GeneratedImage(
                 seed=seed,
                 b64=base64.b64encode(
-                    png_bytes(job.width, job.height, seed, job.output_format)
+                    png_bytes(
+                        job.width or EDIT_SIZE[0],
+                        job.height or EDIT_SIZE[1],
+                        seed,
+                        job.output_format,
+                    )
                 ).decode(),
             )
             for seed in job.seeds

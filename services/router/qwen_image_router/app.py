@@ -23,7 +23,7 @@ from qwen_image_router.api.auth import ApiKeyMiddleware
 from qwen_image_router.api.body_limit import BodyLimitMiddleware
 from qwen_image_router.api.receive_timeouts import receive_timeout_protocol
 from qwen_image_router.api.request_metrics import RequestMetricsMiddleware
-from qwen_image_router.api.routes import files, health, images, models
+from qwen_image_router.api.routes import edits, files, health, images, models
 from qwen_image_router.api.routes import metrics as metrics_routes
 from qwen_image_router.api.routes.metrics import metrics_app
 from qwen_image_router.discovery.factory import build_discovery
@@ -159,10 +159,14 @@ def create_app(settings: RouterSettings) -> FastAPI:
     install_error_handlers(app)
     # Added last runs first: the key is checked before the body is read, and every answer
     # of the generations route is counted, refusals of the other two included.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_request_body_bytes,
+        path_limits={edits.EDITS_PATH: settings.max_edit_body_bytes},
+    )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, path=images.GENERATIONS_PATH)
-    for module in (health, models, images, files):
+    for module in (health, models, images, edits, files):
         app.include_router(module.router)
     if not settings.metrics_port:
         app.include_router(metrics_routes.router)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qwen_image_common.contract import GeneratedImage, JobRequest
@@ -54,12 +55,17 @@ class ImageGenerator:
         return self._rng.randint(0, MAX_SEED - request.n + 1)
 
     async def generate(
-        self, job_id: str, request: ImageGenerationRequest, model: str
+        self,
+        job_id: str,
+        request: ImageGenerationRequest,
+        model: str,
+        pictures: Sequence[str] = (),
     ) -> Generation:
-        """Runs on the pool of `model`; raises QueueFull, TaskTimeout or InferenceFailed."""
+        """Runs on the pool of `model`, editing `pictures` (base64 PNGs) if any; raises
+        QueueFull, TaskTimeout or InferenceFailed."""
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
-                job, revised = await self._job(job_id, request)
+                job, revised = await self._job(job_id, request, pictures)
                 dispatched = await self._dispatcher.run_spread(job, _when(deadline), model)
         except TimeoutError:
             raise TaskTimeout() from None
@@ -79,11 +85,11 @@ class ImageGenerator:
         return OpenedStream(stream, revised, _when(deadline))
 
     async def _job(
-        self, job_id: str, request: ImageGenerationRequest
+        self, job_id: str, request: ImageGenerationRequest, pictures: Sequence[str] = ()
     ) -> tuple[JobRequest, str | None]:
         """The job for a request (all n images together), after the prompt's rewrite."""
         seed = self.choose_seed(request)
-        width, height = request.dimensions()
+        width, height = request.job_size() or (None, None)
         revised = None
         if self._rewriter is not None:
             revised = await self._rewriter.rewrite(request.prompt)
@@ -101,6 +107,7 @@ class ImageGenerator:
             output_compression=request.output_compression,
             stream=request.stream,
             partial_images=request.partial_images if request.stream else 0,
+            pictures=list(pictures),
         )
         return job, revised
 

@@ -32,10 +32,13 @@ class ModelPools:
         return models
 
     def resolve(self, requested: str | None, task: Task) -> str:
-        """The served model a request names (any letter case; none: MODEL_NAME) that does
-        `task`; ModelNotAvailable otherwise (an edit model asked to generate included)."""
-        wanted = self.default_model if requested is None else requested
+        """The served model a request names (any letter case; none: MODEL_NAME, or for an
+        edit the first edit model) that does `task`; ModelNotAvailable otherwise (an edit
+        model asked to generate included)."""
         models = self.served()
+        if requested is None and task == "edit":
+            requested = next((name for name, does in models.items() if does == task), None)
+        wanted = self.default_model if requested is None else requested
         name = self._known_name(models, wanted)
         if name is None or models[name] != task:
             raise ModelNotAvailable(wanted)

@@ -126,6 +126,42 @@ class ImageGenerationRequest(BaseModel):
             return ASPECT_RATIOS[self.aspect_ratio]
         return SIZES[self.size]
 
+    def job_size(self) -> tuple[int, int] | None:
+        """The exact size the worker makes; None lets an edit pipeline choose."""
+        return self.dimensions()
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """POST /v1/images/edits: the same fields as form fields, so "2" is an integer. Without
+    `size` or `aspect_ratio` the output takes the last picture's aspect at about one
+    megapixel, as Qwen-Image-Edit chooses ("auto" says the same)."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    size: Literal["256x256", "512x512", "1024x1024", "auto"] | None = None  # type: ignore[assignment]
+    model: str | None = Field(
+        None, description="Must name a served edit model (any letter case); default: it."
+    )
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, stream: bool) -> bool:
+        if stream:
+            raise ValueError("edits are not streamed; leave it out or false")
+        return stream
+
+    def job_size(self) -> tuple[int, int] | None:
+        if self.aspect_ratio is None and self.size in (None, "auto"):
+            return None
+        return self.dimensions()
+
+    def dimensions(self) -> tuple[int, int]:
+        """Only for a request that names its size (`job_size` is not None)."""
+        if self.aspect_ratio is not None:
+            return ASPECT_RATIOS[self.aspect_ratio]
+        assert self.size not in (None, "auto")
+        return SIZES[self.size]
+
 
 class ImageData(BaseModel):
     b64_json: str | None = Field(

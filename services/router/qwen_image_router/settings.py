@@ -124,6 +124,11 @@ class RouterSettings(BaseSettings):
     max_request_body_bytes: int = Field(
         1024**2, gt=0, description="Larger request bodies get 413 without being read."
     )
+    max_edit_body_bytes: int = Field(
+        48 * 1024**2,
+        gt=0,
+        description="The same for /v1/images/edits, whose bodies carry up to 3 pictures.",
+    )
 
     discovery: Literal["static", "kubernetes"] = Field(
         "static", description="Where the worker set comes from."
