@@ -14,13 +14,13 @@ from support.processes import Service, answers, free_port, wait_until
 
 
 class Stack:
-    def __init__(self, tmp_path: Path, workers: int = 2, **env: str) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 2, edit_workers: int = 0, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.images_dir = tmp_path / "images"
         # `up` numbers worker ports from a base; keep them consecutive and free.
         base = free_port()
-        self.worker_ports = list(range(base, base + workers))
+        self.worker_ports = list(range(base, base + workers + edit_workers))
         self.worker_urls = [f"http://127.0.0.1:{p}" for p in self.worker_ports]
         self.service = Service(
             [
@@ -29,6 +29,8 @@ class Stack:
                 str(self.port),
                 "--workers",
                 str(workers),
+                "--edit-workers",
+                str(edit_workers),
                 "--worker-base-port",
                 str(base),
                 "--host",

@@ -23,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
         help="worker count (default NUM_GPUS_TO_USE, else one per visible GPU, else 1 CPU worker)",
     )
     up.add_argument(
+        "--edit-workers",
+        type=int,
+        default=0,
+        help="workers of the editor beside them (EDIT_MODEL_PATH, default the demo editor; "
+        "served as Qwen-Image-Edit-2509)",
+    )
+    up.add_argument(
         "--worker-base-port", type=int, default=6101, help="first worker port (default 6101)"
     )
     up.add_argument("--host", default="0.0.0.0", help="router address (default 0.0.0.0)")
@@ -32,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging(service="up")
-    supervisor = Supervisor(plan_stack(args.port, args.workers, args.worker_base_port, args.host))
+    supervisor = Supervisor(
+        plan_stack(args.port, args.workers, args.worker_base_port, args.host, args.edit_workers)
+    )
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     raise SystemExit(supervisor.run())

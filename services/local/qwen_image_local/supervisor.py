@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
+# What `--edit-workers` serve: EDIT_MODEL_PATH, else the built-in demo editor, under this name.
+EDIT_MODEL_NAME = "Qwen-Image-Edit-2509"
+DEMO_EDIT_MODEL_PATH = "demo-edit"
 _RESTART_DELAY_MAX_SECONDS = 30.0
 _STOP_GRACE_SECONDS = 60.0
 
@@ -46,32 +49,43 @@ def visible_gpu_count() -> int:
     return int(torch.cuda.device_count())
 
 
-def plan_stack(port: int, workers: int | None, worker_base_port: int, host: str) -> list[ChildSpec]:
-    """The children `up` runs: the workers first, then the router that knows their URLs."""
+def plan_stack(
+    port: int, workers: int | None, worker_base_port: int, host: str, edit_workers: int = 0
+) -> list[ChildSpec]:
+    """The children `up` runs: the workers first (`edit_workers` of them serve the editor,
+    on the ports and GPUs after the others), then the router that knows their URLs."""
     gpus = visible_gpu_count()
     env_gpus = os.environ.get("NUM_GPUS_TO_USE")
     if workers is None:
         workers = int(env_gpus) if env_gpus else (gpus or 1)
     if workers < 1:
         raise SystemExit("qwen-image up: --workers (or NUM_GPUS_TO_USE) must be at least 1")
-    if gpus and workers > gpus:
-        raise SystemExit(f"qwen-image up: {workers} workers asked for, but {gpus} GPUs are visible")
-    worker_ports = range(worker_base_port, worker_base_port + workers)
+    if edit_workers < 0:
+        raise SystemExit("qwen-image up: --edit-workers must be at least 0")
+    total = workers + edit_workers
+    if gpus and total > gpus:
+        raise SystemExit(f"qwen-image up: {total} workers asked for, but {gpus} GPUs are visible")
+    worker_ports = range(worker_base_port, worker_base_port + total)
     if port in worker_ports:
         raise SystemExit(
             f"qwen-image up: --port {port} is also worker {port - worker_base_port}'s port "
             f"(workers take {worker_ports[0]}-{worker_ports[-1]}); change --port or "
             "--worker-base-port"
         )
-    cpu_threads = max(1, (os.cpu_count() or 1) // workers)
+    cpu_threads = max(1, (os.cpu_count() or 1) // total)
+    editor = {
+        "MODEL_PATH": os.environ.get("EDIT_MODEL_PATH", DEMO_EDIT_MODEL_PATH),
+        "MODEL_NAME": EDIT_MODEL_NAME,
+    }
     specs = []
     for i, worker_port in enumerate(worker_ports):
-        env = {"HOST": "127.0.0.1", "PORT": str(worker_port)}
+        env = {"HOST": "127.0.0.1", "PORT": str(worker_port)} | (editor if i >= workers else {})
         if gpus:
             env |= {"CUDA_VISIBLE_DEVICES": str(i), "DEVICE": "cuda"}
         else:
             env |= {"DEVICE": "cpu", "OMP_NUM_THREADS": str(cpu_threads)}
-        specs.append(ChildSpec(f"worker-{i}", _entry_point("qwen_image_worker"), env, restart=True))
+        name = f"edit-worker-{i - workers}" if i >= workers else f"worker-{i}"
+        specs.append(ChildSpec(name, _entry_point("qwen_image_worker"), env, restart=True))
     router_env = {
         "HOST": host,
         "PORT": str(port),
