@@ -17,11 +17,22 @@ def load_values(path: Path) -> dict[str, Any]:
     return loaded
 
 
-# The value sets users start from: the defaults and the two documented examples.
+EDIT_POOL = {
+    "modelName": "Qwen-Image-Edit-2509",
+    "model": {"path": "/models/Qwen-Image-Edit-2509"},
+    "replicaCount": 2,
+    "pdb": {"enabled": False},
+    "autoscaling": {"enabled": False},
+}
+
+# The value sets users start from: the defaults and the two documented examples; and the GPU
+# cluster with a second pool, the editor.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "gpu-cluster": load_values(EXAMPLES_DIR / "gpu-cluster.yaml"),
     "cpu-dev": load_values(EXAMPLES_DIR / "cpu-dev.yaml"),
+    "two-pools": load_values(EXAMPLES_DIR / "gpu-cluster.yaml")
+    | {"workerPools": {"edit": EDIT_POOL}},
 }
 
 

@@ -178,3 +178,44 @@ A worker must get SIGTERM only after its endpoint is gone, and must be allowed t
 {{- fail "router.terminationGracePeriodSeconds must exceed taskTimeoutSeconds + router.preStopSleepSeconds, or requests in flight are cut off" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Every worker pool as a JSON list of {component, modelName, values}: `worker` (MODEL_NAME
+modelName) first, then each of workerPools in name order, its block laid over `worker`.
+*/}}
+{{- define "qwen-image.workerPools" -}}
+{{- $pools := list (dict "component" "worker" "modelName" .Values.modelName "values" .Values.worker) -}}
+{{- range $name, $block := .Values.workerPools -}}
+{{- $values := include "qwen-image.overlay" (dict "base" $.Values.worker "over" (omit $block "modelName")) | fromJson -}}
+{{- $pools = append $pools (dict "component" (printf "worker-%s" $name) "modelName" (required (printf "workerPools.%s.modelName is required" $name) $block.modelName) "values" $values) -}}
+{{- end -}}
+{{- toJson $pools -}}
+{{- end -}}
+
+{{/*
+`over` laid over `base`, maps merged key by key, anything else (false and 0 included)
+replaced: sprig's merge functions would keep the base's value over a false or a 0.
+*/}}
+{{- define "qwen-image.overlay" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .over -}}
+{{- $base := get $out $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $base) -}}
+{{- $_ := set $out $key (include "qwen-image.overlay" (dict "base" $base "over" $value) | fromJson) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+The Services of every worker pool, comma-separated: what router discovery watches.
+*/}}
+{{- define "qwen-image.workerServiceNames" -}}
+{{- $names := list -}}
+{{- range $pool := include "qwen-image.workerPools" . | fromJsonArray -}}
+{{- $names = append $names (include "qwen-image.componentName" (dict "context" $ "component" $pool.component)) -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}

@@ -139,8 +139,8 @@ class RouterSettings(BaseSettings):
     )
     worker_service_name: str | None = Field(
         None,
-        description="The workers' Service; its EndpointSlices list the workers "
-        "(DISCOVERY=kubernetes).",
+        description="The workers' Service, or comma-separated Services (one a pool); their "
+        "EndpointSlices list the workers (DISCOVERY=kubernetes).",
     )
     worker_namespace: str | None = Field(
         None,

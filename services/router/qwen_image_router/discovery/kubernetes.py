@@ -30,7 +30,7 @@ _WATCH_READ_SLACK_SECONDS = 10.0
 class KubernetesDiscovery:
     """Keeps the ready endpoints of one Service's EndpointSlices in a WorkerRegistry.
 
-    A daemon thread lists the slices labelled `kubernetes.io/service-name=<service_name>`,
+    A daemon thread lists the slices labelled `kubernetes.io/service-name` in <service_name>,
     keeps them (by name) with the resourceVersion last seen, and watches from that version.
     Whenever the set of ready endpoints changes, the thread hands a new set to the registry on
     the event loop, where the scheduler reads it; nothing on the request path waits for the
@@ -65,7 +65,13 @@ class KubernetesDiscovery:
         self._service_name = service_name
         self._port_name = port_name
         self._kubeconfig = kubeconfig
-        self._label_selector = f"kubernetes.io/service-name={service_name}"
+        # Several pools, several Services (comma-separated): one set-based selector, one watch.
+        services = [name.strip() for name in service_name.split(",") if name.strip()]
+        self._label_selector = (
+            f"kubernetes.io/service-name={services[0]}"
+            if len(services) == 1
+            else f"kubernetes.io/service-name in ({','.join(services)})"
+        )
         self._watch_timeout = watch_timeout_seconds
         self._resync = resync_seconds
         self._backoff_initial = backoff_initial_seconds
