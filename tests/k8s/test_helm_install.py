@@ -39,11 +39,26 @@ def _everything() -> dict[str, Any]:
     return values
 
 
+def _two_pools() -> dict[str, Any]:
+    """The GPU-cluster values with a second pool, the editor, without KEDA or a PDB."""
+    values = copy.deepcopy(load_example("gpu-cluster"))
+    values["workerPools"] = {
+        "edit": {
+            "modelName": "Qwen-Image-Edit-2509",
+            "model": {"path": "/models/Qwen-Image-Edit-2509"},
+            "autoscaling": {"enabled": False},
+            "pdb": {"enabled": False},
+        }
+    }
+    return values
+
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "cpu-dev": load_example("cpu-dev"),
     "gpu-cluster": load_example("gpu-cluster"),
     "gpu-cluster-with-every-option": _everything(),
+    "gpu-cluster-two-pools": _two_pools(),
 }
 # Kinds each value set must produce: proof that the optional objects were really installed.
 _BASE_KINDS = {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding",
@@ -54,6 +69,7 @@ EXPECTED_KINDS = {
     "cpu-dev": _BASE_KINDS - {"PersistentVolumeClaim", "PodDisruptionBudget"},
     "gpu-cluster": _GPU_KINDS,
     "gpu-cluster-with-every-option": _GPU_KINDS | {"HTTPRoute", "Secret"},
+    "gpu-cluster-two-pools": _GPU_KINDS,
 }
 
 
