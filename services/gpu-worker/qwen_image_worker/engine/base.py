@@ -15,7 +15,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from qwen_image_common.contract import MAX_SIDE_PIXELS, Task
+from qwen_image_common.contract import MAX_SIDE_PIXELS
 
 # A streamed job's partial image: (the image's place in the batch, its preview's index from
 # 0, the picture). Called on the GPU thread.
@@ -114,8 +114,6 @@ def common_shape(specs: Sequence[ImageSpec]) -> ImageSpec:
 
 class ImageEngine(Protocol):
     """Makes images on the worker's single GPU thread, several of one shape per call."""
-
-    task: Task
 
     def generate_batch(
         self,

@@ -17,7 +17,6 @@ import torch
 from diffusers import QwenImagePipeline
 from PIL import Image
 
-from qwen_image_common.contract import Task
 from qwen_image_worker.engine.base import (
     ONE_AT_A_TIME,
     BatchLimit,
@@ -40,8 +39,6 @@ _EMPTY_NEGATIVE_PROMPT = " "
 
 class Engine:
     """Owns the pipeline; call it from one thread only (the pipeline keeps per-call state)."""
-
-    task: Task = "generate"
 
     def __init__(
         self,

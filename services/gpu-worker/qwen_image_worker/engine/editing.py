@@ -11,15 +11,12 @@ from typing import Any
 
 from PIL import Image
 
-from qwen_image_common.contract import Task
 from qwen_image_worker.engine.base import ImageSpec
 from qwen_image_worker.engine.diffusers_engine import Engine, negative_prompt
 
 
 class EditEngine(Engine):
     """One image a pipeline call: the edit pipelines take one prompt and its pictures."""
-
-    task: Task = "edit"
 
     def batch_size(self, spec: ImageSpec) -> int:
         return 1

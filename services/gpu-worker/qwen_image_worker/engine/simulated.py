@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from qwen_image_common.contract import Task
 from qwen_image_worker.engine.base import (
     ONE_AT_A_TIME,
     BatchLimit,
@@ -32,8 +31,6 @@ SIMULATED_MODEL_PATH = "simulated"
 
 class SimulatedEngine:
     """Sleeps `step_seconds` per step and image; same seed, same picture."""
-
-    task: Task = "generate"
 
     def __init__(
         self,
