@@ -11,10 +11,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from router_fakes import EDIT_SIZE, FakeWorker, router_client, router_settings, serve
 
 from qwen_image_router.app import create_app
+from qwen_image_router.errors import ValidationFailed
+from qwen_image_router.uploads import plain_picture
 
 EDITS = "/v1/images/edits"
 EDITOR = "Qwen-Image-Edit-2509"
@@ -158,3 +162,21 @@ async def test_an_upload_over_the_edit_body_limit_is_413(tmp_path: Path) -> None
         )
     assert answer.status_code == 413
     assert answer.json()["detail"].startswith("Request body too large")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([picture(24, 16), picture(24, 16, fmt="JPEG"), picture(24, 16, fmt="WEBP")]),
+    st.integers(min_value=0, max_value=200),
+    st.binary(min_size=1, max_size=16),
+)
+def test_a_mangled_picture_is_a_400_or_a_picture_never_a_crash(
+    original: bytes, at: int, noise: bytes
+) -> None:
+    data = original[:at] + noise + original[at + len(noise) :]
+    try:
+        png = plain_picture(data, "image 1")
+    except ValidationFailed as exc:
+        assert exc.detail.startswith("Validation error: image 1: ")
+        return
+    assert decoded(png).mode == "RGB"

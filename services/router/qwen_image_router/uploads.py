@@ -12,7 +12,7 @@ import base64
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from qwen_image_router.errors import ValidationFailed
 
@@ -20,6 +20,9 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 # 4096x4096: more than any phone camera's picture needs after the pipeline scales it to
 # about one megapixel; decoded as RGBA it is 64 MiB, the most one picture may hold.
 MAX_PICTURE_PIXELS = 4096 * 4096
+# What PIL's format plugins raise on damaged data (UnidentifiedImageError is an OSError;
+# others raise SyntaxError, struct.error, IndexError, ...): any of them means unreadable.
+_CORRUPT = Exception
 
 
 def plain_picture(data: bytes, field: str) -> str:
@@ -31,10 +34,10 @@ def plain_picture(data: bytes, field: str) -> str:
             # below, from the header, before anything is decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=None)
-    except UnidentifiedImageError:
-        raise ValidationFailed(f"{field}: not a picture PIL can read") from None
     except Image.DecompressionBombError:
         raise ValidationFailed(f"{field}: at most {MAX_PICTURE_PIXELS} pixels") from None
+    except _CORRUPT:
+        raise ValidationFailed(f"{field}: not a picture PIL can read") from None
     with image:
         if image.format not in ACCEPTED_FORMATS:
             raise ValidationFailed(
@@ -49,7 +52,7 @@ def plain_picture(data: bytes, field: str) -> str:
             image.load()
             upright = ImageOps.exif_transpose(image)
             rgb = upright.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except _CORRUPT:
             raise ValidationFailed(f"{field}: truncated or corrupt picture") from None
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
