@@ -192,7 +192,14 @@ def test_a_worker_slow_to_become_ready_gets_no_job_until_it_is(tmp_path: Path) -
         metrics = router.metrics()
         assert metric_value(metrics, "qwen_image_router_queue_full_total") == 1
         assert metric_value(metrics, "qwen_image_router_ready_workers") == 0
-        assert slow.load() == {"ready": False, "running": 0, "waiting": 0, "capacity": 5}
+        assert slow.load() == {
+            "model": "Qwen-Image",
+            "task": "generate",
+            "ready": False,
+            "running": 0,
+            "waiting": 0,
+            "capacity": 5,
+        }
 
         wait_until(lambda: ready_count(router) == 1, 30, "the slow worker to become ready")
         assert httpx.get(router.url + "/readyz").status_code == 200
