@@ -39,9 +39,9 @@ from qwen_image_common.encoding import DEFAULT_COMPRESSION, ImageFormat, encode_
 from qwen_image_router.app import create_app
 from qwen_image_router.settings import RouterSettings
 
-UNREACHABLE_URL = "http://127.0.0.1:9"
+UNREACHABLE_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connect is refused
 # What a fake editor makes when the request leaves the size to the pipeline.
-EDIT_SIZE = (96, 64)  # the discard port: nothing listens, connect is refused
+EDIT_SIZE = (96, 64)
 
 
 class _QuietServer(uvicorn.Server):

@@ -14,8 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from router_fakes import EDIT_SIZE, FakeWorker, router_client, router_settings, serve
+from router_fakes import (
+    EDIT_SIZE,
+    FakeWorker,
+    metric_value,
+    router_client,
+    router_settings,
+    serve,
+)
 
+from qwen_image_common.encoding import DEFAULT_COMPRESSION
 from qwen_image_router.app import create_app
 from qwen_image_router.errors import ValidationFailed
 from qwen_image_router.uploads import plain_picture
@@ -94,6 +102,55 @@ async def test_the_openai_sdk_edits_one_and_two_pictures_in_both_formats(
     assert len(second.seeds) == 2 and generator.jobs == []
 
 
+async def test_an_edit_answers_in_the_output_format_asked_for_b64_json_and_url(
+    tmp_path: Path,
+) -> None:
+    editor = editor_worker()
+    async with serve(editor.app) as editor_url:
+        app = create_app(router_settings(tmp_path, [editor_url]))
+        async with serve(app, lifespan="on") as router_url:
+            client = openai.AsyncOpenAI(base_url=f"{router_url}/v1", api_key="unused")
+            inline = await client.images.edit(
+                image=("cat.png", picture(300, 200), "image/png"),
+                prompt="make the cat blue",
+                output_format="jpeg",
+                output_compression=40,
+            )
+            stored = await client.images.edit(
+                image=("cat.png", picture(300, 200), "image/png"),
+                prompt="make the cat blue",
+                output_format="webp",
+                size="256x256",
+                response_format="url",
+            )
+            assert inline.data is not None and stored.data is not None
+            async with httpx.AsyncClient() as http:
+                served = await http.get(stored.data[0].url or "")
+            await client.close()
+    assert (inline.output_format, inline.size) == ("jpeg", "x".join(map(str, EDIT_SIZE)))
+    assert decoded(inline.data[0].b64_json or "").format == "JPEG"
+    assert (stored.output_format, stored.size) == ("webp", "256x256")
+    assert (stored.data[0].url or "").endswith(".webp")
+    assert Image.open(io.BytesIO(served.content)).format == "WEBP"
+    assert [(job.output_format, job.output_compression) for job in editor.jobs] == [
+        ("jpeg", 40),
+        ("webp", DEFAULT_COMPRESSION),
+    ]
+
+
+async def test_edits_are_counted_with_the_requests_ok_or_refused(tmp_path: Path) -> None:
+    editor = editor_worker()
+    async with serve(editor.app) as url, router_client(router_settings(tmp_path, [url])) as client:
+        done = await client.post(EDITS, data={"prompt": "x"}, files={"image": ("p", picture(8, 8))})
+        refused = await client.post(EDITS, data={"prompt": "x"})
+        metrics = (await client.get("/metrics")).text
+    assert (done.status_code, refused.status_code) == (200, 400)
+    requests = "qwen_image_router_requests_total"
+    assert metric_value(metrics, requests, status="200", reason="ok") == 1
+    assert metric_value(metrics, requests, status="400", reason="validation") == 1
+    assert metric_value(metrics, "qwen_image_router_request_duration_seconds_count") == 1
+
+
 def upright_jpeg() -> bytes:
     """A 40x20 JPEG whose EXIF says: turn me 90 degrees to show me."""
     exif = Image.Exif()
@@ -135,6 +192,7 @@ async def test_pictures_reach_the_worker_upright_and_rgb(
         ([], {"prompt": "x"}, "image: at least one picture"),
         ([("image", picture(8, 8))], {"n": "9"}, "n: "),
         ([("image", picture(8, 8))], {"size": "640x480"}, "size: "),
+        ([("image", picture(8, 8))], {"stream": "true"}, "stream: edits are not streamed"),
         ([("image", picture(8, 8))], {"model": "Qwen-Image"}, "Model not available: Qwen-Image"),
     ],
 )

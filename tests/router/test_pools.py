@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from router_fakes import FakeWorker, metric_value, router_client, router_settings, serve
+from router_fakes import (
+    FakeWorker,
+    metric_value,
+    png_bytes,
+    router_client,
+    router_settings,
+    serve,
+)
 
 from qwen_image_common.contract import WorkerLoad
 
@@ -80,3 +88,26 @@ async def test_a_full_pool_is_saturated_while_another_has_room(tmp_path: Path) -
     )
     assert metric_value(metrics, "qwen_image_router_model_ready_workers", model=LIGHTNING) == 1
     assert metric_value(metrics, "qwen_image_router_model_ready_workers", model="Qwen-Image") == 1
+
+
+async def test_n_images_spread_over_the_idle_workers_of_the_request_s_pool_only(
+    tmp_path: Path,
+) -> None:
+    generator, editors = worker("Qwen-Image"), [worker(EDITOR, task="edit") for _ in range(2)]
+    async with (
+        serve(generator.app) as generator_url,
+        serve(editors[0].app) as first_url,
+        serve(editors[1].app) as second_url,
+        router_client(router_settings(tmp_path, [generator_url, first_url, second_url])) as client,
+    ):
+        while min(w.load_polls for w in [generator, *editors]) < 2:
+            await asyncio.sleep(0.01)  # a load report from every worker: all three idle
+        generated = await client.post(GENERATE, json={"prompt": "a cat", "n": 2, "seed": 7})
+        edited = await client.post(
+            "/v1/images/edits",
+            data={"prompt": "blue", "n": "2", "seed": "7"},
+            files={"image": ("p", png_bytes(8, 8, 0))},
+        )
+    assert generated.status_code == 200 and edited.status_code == 200, edited.text
+    assert [job.seeds for job in generator.jobs] == [[7, 8]]
+    assert sorted(job.seeds for e in editors for job in e.jobs) == [[7], [8]]

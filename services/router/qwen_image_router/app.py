@@ -158,14 +158,18 @@ def create_app(settings: RouterSettings) -> FastAPI:
 
     install_error_handlers(app)
     # Added last runs first: the key is checked before the body is read, and every answer
-    # of the generations route is counted, refusals of the other two included.
+    # of the image routes is counted, refusals of the other two included.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_request_body_bytes,
         path_limits={edits.EDITS_PATH: settings.max_edit_body_bytes},
     )
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, path=images.GENERATIONS_PATH)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=metrics,
+        paths=(images.GENERATIONS_PATH, edits.EDITS_PATH),
+    )
     for module in (health, models, images, edits, files):
         app.include_router(module.router)
     if not settings.metrics_port:

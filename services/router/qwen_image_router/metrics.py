@@ -24,13 +24,13 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "qwen_image_router_requests_total",
-            "Image generation requests answered, by HTTP status and reason.",
+            "Image requests (generations and edits) answered, by HTTP status and reason.",
             ["status", "reason"],
             registry=self.registry,
         )
         self.request_duration = Histogram(
             "qwen_image_router_request_duration_seconds",
-            "Time from a valid generation request to its answer's end (a stream's last event).",
+            "Time from a valid image request to its answer's end (a stream's last event).",
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )

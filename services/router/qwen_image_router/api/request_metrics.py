@@ -1,5 +1,5 @@
-"""Records each answer to the generations route once, whichever part gave it: the route,
-an error handler, or a middleware that refused the request before the app ran.
+"""Records each answer to the image routes (generations, edits) once, whichever part gave
+it: the route, an error handler, or a middleware that refused the request before the app ran.
 
 What the inner parts know goes in the request's state: `answer_started` (the route's
 clock reading once the request is valid; only those answers are timed) and
@@ -9,6 +9,7 @@ clock reading once the request is valid; only those answers are timed) and
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,15 +21,15 @@ _REASON_BY_STATUS = {200: "ok", 401: Unauthorized.reason, 413: "too_large"}
 
 
 class RequestMetricsMiddleware:
-    """Outermost of the router's middlewares, so it sees every answer of `path`."""
+    """Outermost of the router's middlewares, so it sees every answer of `paths`."""
 
-    def __init__(self, app: ASGIApp, metrics: RouterMetrics, path: str) -> None:
+    def __init__(self, app: ASGIApp, metrics: RouterMetrics, paths: Collection[str]) -> None:
         self.app = app
         self._metrics = metrics
-        self._path = path
+        self._paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self._path:
+        if scope["type"] != "http" or scope["path"] not in self._paths:
             await self.app(scope, receive, send)
             return
         state: dict[str, object] = scope.setdefault("state", {})

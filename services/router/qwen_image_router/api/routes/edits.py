@@ -70,6 +70,7 @@ async def edit_images(
     )
 
     started = time.monotonic()
+    request.state.answer_started = started
     job_id = uuid.uuid4().hex
     outcome, worker = "cancelled", "-"
     metrics.in_flight.inc()
