@@ -21,11 +21,9 @@ from starlette.datastructures import FormData, UploadFile
 
 from qwen_image_common.contract import MAX_EDIT_PICTURES, GeneratedImage
 from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
-from qwen_image_router.api.disconnect import run_until_disconnected
-from qwen_image_router.api.routes.images import _image_data
+from qwen_image_router.api.routes.images import images_response, run_job
 from qwen_image_router.errors import (
     InferenceFailed,
-    RouterError,
     ValidationFailed,
     describe_validation_errors,
     error_doc,
@@ -72,23 +70,8 @@ async def edit_images(
     started = time.monotonic()
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
-    outcome, worker = "cancelled", "-"
-    metrics.in_flight.inc()
-    try:
-        generation = await run_until_disconnected(
-            request, runtime.generator.generate(job_id, body, model, pictures)
-        )
-        worker = generation.worker
-        data = await _image_data(generation, body, runtime.storage, settings, request)
-        outcome = "ok"
-    except RouterError as error:
-        outcome = error.reason
-        raise
-    except Exception:
-        outcome = "internal"
-        raise
-    finally:
-        metrics.in_flight.dec()
+
+    def log(worker: str, outcome: str) -> None:
         logger.info(
             "edit %s: model=%s pictures=%d n=%d size=%s steps=%d worker=%s outcome=%s "
             "duration=%.2fs",
@@ -102,15 +85,12 @@ async def edit_images(
             outcome,
             time.monotonic() - started,
         )
-    width, height = body.job_size() or _made_size(generation.images[0])
-    return ImagesResponse(
-        created=int(time.time()),
-        data=data,
-        output_format=body.output_format,
-        size=f"{width}x{height}",
-        quality=body.quality,
-        background="opaque",
+
+    generation, data = await run_job(
+        job_id, body, model, pictures, request, settings, metrics, runtime, log
     )
+    width, height = body.job_size() or _made_size(generation.images[0])
+    return images_response(body, data, width, height)
 
 
 def _made_size(image: GeneratedImage) -> tuple[int, int]:

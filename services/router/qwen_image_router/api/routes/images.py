@@ -7,6 +7,7 @@ import binascii
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -22,6 +23,8 @@ from qwen_image_router.errors import (
     error_doc,
 )
 from qwen_image_router.generator import Generation, OpenedStream
+from qwen_image_router.metrics import RouterMetrics
+from qwen_image_router.runtime import RouterRuntime
 from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
 from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage
@@ -70,23 +73,8 @@ async def create_images(
     width, height = body.dimensions()
     if body.stream:
         return await _stream(job_id, body, model, request, metrics, runtime)
-    outcome, worker = "cancelled", "-"
-    metrics.in_flight.inc()
-    try:
-        generation = await run_until_disconnected(
-            request, runtime.generator.generate(job_id, body, model)
-        )
-        worker = generation.worker
-        data = await _image_data(generation, body, runtime.storage, settings, request)
-        outcome = "ok"
-    except RouterError as error:
-        outcome = error.reason
-        raise
-    except Exception:
-        outcome = "internal"
-        raise
-    finally:
-        metrics.in_flight.dec()
+
+    def log(worker: str, outcome: str) -> None:
         logger.info(
             "request %s: user=%r n=%d size=%dx%d steps=%d worker=%s outcome=%s duration=%.2fs",
             job_id,
@@ -101,6 +89,48 @@ async def create_images(
             outcome,
             time.monotonic() - started,
         )
+
+    _, data = await run_job(job_id, body, model, (), request, settings, metrics, runtime, log)
+    return images_response(body, data, width, height)
+
+
+async def run_job(
+    job_id: str,
+    body: ImageGenerationRequest,
+    model: str,
+    pictures: Sequence[str],
+    request: Request,
+    settings: RouterSettings,
+    metrics: RouterMetrics,
+    runtime: RouterRuntime,
+    log: Callable[[str, str], None],
+) -> tuple[Generation, list[ImageData]]:
+    """A generation's or an edit's job and its images as the answer carries them;
+    `log(worker, outcome)` writes the request's log line once, however it ended."""
+    outcome, worker = "cancelled", "-"
+    metrics.in_flight.inc()
+    try:
+        generation = await run_until_disconnected(
+            request, runtime.generator.generate(job_id, body, model, pictures)
+        )
+        worker = generation.worker
+        data = await _image_data(generation, body, runtime.storage, settings, request)
+        outcome = "ok"
+    except RouterError as error:
+        outcome = error.reason
+        raise
+    except Exception:
+        outcome = "internal"
+        raise
+    finally:
+        metrics.in_flight.dec()
+        log(worker, outcome)
+    return generation, data
+
+
+def images_response(
+    body: ImageGenerationRequest, data: list[ImageData], width: int, height: int
+) -> ImagesResponse:
     return ImagesResponse(
         created=int(time.time()),
         data=data,
