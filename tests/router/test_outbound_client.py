@@ -98,27 +98,26 @@ async def test_a_worker_timeout_is_the_task_timeout(http: httpx.AsyncClient) -> 
             await WorkerClient(http, registry, BLOCK).run_job(state, job())
 
 
-async def test_an_inference_failure_carries_the_workers_detail(http: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    ("status", "worker_detail", "detail"),
+    [
+        (500, "Inference failed: CUDA out of memory", "Inference failed: CUDA out of memory"),
+        (422, "seeds: too many", "Inference failed: worker answered 422: seeds: too many"),
+    ],
+    ids=["the worker's own failure", "an unexpected status"],
+)
+async def test_a_failed_job_is_an_inference_failure_with_the_workers_detail(
+    http: httpx.AsyncClient, status: int, worker_detail: str, detail: str
+) -> None:
     worker = FakeWorker()
-    worker.job_status = 500
-    worker.detail = "Inference failed: CUDA out of memory"
+    worker.job_status = status
+    worker.detail = worker_detail
     async with serve(worker.app) as url:
         registry, state = registered(url)
         with pytest.raises(InferenceFailed) as caught:
             await WorkerClient(http, registry, BLOCK).run_job(state, job())
-    assert caught.value.detail == "Inference failed: CUDA out of memory"
+    assert caught.value.detail == detail
     assert state.in_flight == 0
-
-
-async def test_an_unexpected_status_is_an_inference_failure(http: httpx.AsyncClient) -> None:
-    worker = FakeWorker()
-    worker.job_status = 422
-    worker.detail = "seeds: too many"
-    async with serve(worker.app) as url:
-        registry, state = registered(url)
-        with pytest.raises(InferenceFailed) as caught:
-            await WorkerClient(http, registry, BLOCK).run_job(state, job())
-    assert caught.value.detail == "Inference failed: worker answered 422: seeds: too many"
 
 
 @pytest.mark.parametrize(
