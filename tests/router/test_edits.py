@@ -192,7 +192,8 @@ async def test_pictures_reach_the_worker_upright_and_rgb(
         ([], {"prompt": "x"}, "image: at least one picture"),
         ([("image", picture(8, 8))], {"n": "9"}, "n: "),
         ([("image", picture(8, 8))], {"size": "640x480"}, "size: "),
-        ([("image", picture(8, 8))], {"stream": "true"}, "stream: edits are not streamed"),
+        ([("image", picture(8, 8))], {"stream": "true", "partial_images": "4"}, "partial_images"),
+        ([("image", b"no picture")], {"stream": "true"}, "image 1: not a picture"),
         ([("image", picture(8, 8))], {"model": "Qwen-Image"}, "Model not available: Qwen-Image"),
     ],
 )

@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from router_fakes import FakeWorker, metric_value, router_settings, serve
+from router_fakes import EDIT_SIZE, FakeWorker, metric_value, png_bytes, router_settings, serve
 
 from qwen_image_common.contract import JobFailed, PartialImage
 from qwen_image_router.app import create_app
 
 PREVIEW = PartialImage(image_index=0, partial_image_index=0, b64=base64.b64encode(b"x").decode())
+FAKE_EDIT_B64 = base64.b64encode(png_bytes(*EDIT_SIZE, seed=9)).decode()
 FAILED = JobFailed(status=500, detail="Inference failed: CUDA out of memory")
 
 
@@ -136,3 +137,46 @@ async def test_streamed_answers_are_counted_once_each_and_timed(tmp_path: Path) 
     assert metric_value(text, requests, status="200", reason="ok") == 1
     assert metric_value(text, requests, status="500", reason="inference_failed") == 1
     assert metric_value(text, "qwen_image_router_request_duration_seconds_count") == 2
+
+
+async def test_an_edit_streams_image_edit_events_sized_as_the_pipeline_chose(
+    tmp_path: Path,
+) -> None:
+    editor = FakeWorker(model="Qwen-Image-Edit-2509", task="edit")
+    preview = PartialImage(image_index=1, partial_image_index=0, b64=FAKE_EDIT_B64)
+    editor.stream_lines = [preview.model_dump_json()]
+    async with router(tmp_path, editor) as client:
+        stream = await client.images.edit(
+            image=[("a.png", png_bytes(8, 8, 1), "image/png")] * 2,
+            prompt="make it blue",
+            n=2,
+            stream=True,
+            partial_images=1,
+        )
+        events = [event async for event in stream]
+    assert [(e.type, e.model_extra["image_index"]) for e in events] == [
+        ("image_edit.partial_image", 1),
+        ("image_edit.completed", 0),
+        ("image_edit.completed", 1),
+    ]
+    made = "x".join(map(str, EDIT_SIZE))
+    assert {e.size for e in events} == {made}
+    assert events[-1].usage.output_tokens == EDIT_SIZE[0] * EDIT_SIZE[1] // 256
+    (job,) = editor.jobs
+    assert (job.stream, job.partial_images, len(job.pictures), job.width) == (True, 1, 2, None)
+
+
+async def test_an_edit_that_fails_before_its_first_event_is_a_json_answer(
+    tmp_path: Path,
+) -> None:
+    editor = FakeWorker(model="Qwen-Image-Edit-2509", task="edit")
+    editor.stream_lines = [FAILED.model_dump_json()]
+    async with router(tmp_path, editor) as client:
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.images.edit(
+                image=("a.png", png_bytes(8, 8, 1), "image/png"),
+                prompt="make it blue",
+                size="256x256",
+                stream=True,
+            )
+    assert raised.value.body == {"detail": "Inference failed: CUDA out of memory"}

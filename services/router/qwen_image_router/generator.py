@@ -72,13 +72,17 @@ class ImageGenerator:
         return Generation(dispatched.result.images, dispatched.worker, revised)
 
     async def open_stream(
-        self, job_id: str, request: ImageGenerationRequest, model: str
+        self,
+        job_id: str,
+        request: ImageGenerationRequest,
+        model: str,
+        pictures: Sequence[str] = (),
     ) -> OpenedStream:
         """A streamed job, taken by a worker; raises as `generate`. TASK_TIMEOUT bounds the
         whole stream: its reader keeps to `deadline`."""
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
-                job, revised = await self._job(job_id, request)
+                job, revised = await self._job(job_id, request, pictures)
                 stream = await self._dispatcher.open_stream(job, _when(deadline), model)
         except TimeoutError:
             raise TaskTimeout() from None

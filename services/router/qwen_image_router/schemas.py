@@ -143,13 +143,6 @@ class ImageEditRequest(ImageGenerationRequest):
         None, description="Must name a served edit model (any letter case); default: it."
     )
 
-    @field_validator("stream")
-    @classmethod
-    def _not_streamed(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("edits are not streamed; leave it out or false")
-        return stream
-
     def job_size(self) -> tuple[int, int] | None:
         if self.aspect_ratio is None and self.size in (None, "auto"):
             return None

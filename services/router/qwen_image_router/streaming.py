@@ -1,17 +1,19 @@
 """A streamed answer: a worker's job events as OpenAI's server-sent image events.
 
-The events are openai-python's `image_generation.partial_image` and
-`image_generation.completed` (types/image_gen_*_event.py), each with `image_index` beside
-OpenAI's fields so that n > 1 can be told apart. Nothing is sent before the job's first
-event, so every error up to then is the spec's JSON answer; after it, an error is one
-`error` event in OpenAI's shape (the SDK raises it as an APIError), then the stream ends.
-Each event is sent as it comes: no buffering here, and `x-accel-buffering: no` asks
-nginx-like proxies for the same.
+The events are openai-python's `<prefix>.partial_image` and `<prefix>.completed`, the prefix
+`image_generation` for generations (types/image_gen_*_event.py) and `image_edit` for edits
+(types/image_edit_*_event.py), each with `image_index` beside OpenAI's fields so that n > 1
+can be told apart. Nothing is sent before the job's first event, so every error up to then
+is the spec's JSON answer; after it, an error is one `error` event in OpenAI's shape (the
+SDK raises it as an APIError), then the stream ends. Each event is sent as it comes: no
+buffering here, and `x-accel-buffering: no` asks nginx-like proxies for the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,39 +21,42 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from PIL import Image
 
 from qwen_image_common.contract import PIXELS_PER_TOKEN, JobResult, PartialImage
-from qwen_image_router.errors import RouterError, TaskTimeout
+from qwen_image_router.errors import InferenceFailed, RouterError, TaskTimeout
 from qwen_image_router.generator import OpenedStream
 
 EVENT_STREAM = "text/event-stream"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-PARTIAL_IMAGE = "image_generation.partial_image"
-COMPLETED = "image_generation.completed"
+GENERATION_EVENTS = "image_generation"
+EDIT_EVENTS = "image_edit"
 
 
 @dataclass(frozen=True)
 class Echo:
-    """What every event repeats of the request."""
+    """What every event repeats of the request, and the events' type prefix."""
 
-    size: str
+    prefix: str
+    # WIDTHxHEIGHT, or None where an edit pipeline chose it: each event's picture tells.
+    size: str | None
     quality: str
     output_format: str
     background: str = "opaque"
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self, image_b64: str) -> dict[str, Any]:
         return {
-            "size": self.size,
+            "size": self._size(image_b64),
             "quality": self.quality,
             "output_format": self.output_format,
             "background": self.background,
             "created_at": int(time.time()),
         }
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self, image_b64: str) -> dict[str, Any]:
         """Qwen-Image's counts: no input tokens are counted (the prompt is encoded by the
         worker's text encoder, not metered), output tokens are the image's latent tokens."""
-        width, height = (int(side) for side in self.size.split("x"))
+        width, height = (int(side) for side in self._size(image_b64).split("x"))
         tokens = width * height // PIXELS_PER_TOKEN
         return {
             "input_tokens": 0,
@@ -60,38 +65,49 @@ class Echo:
             "total_tokens": tokens,
         }
 
+    def _size(self, image_b64: str) -> str:
+        return self.size or "{}x{}".format(*made_size(image_b64))
+
+
+def made_size(image_b64: str) -> tuple[int, int]:
+    """A worker's picture's width and height, from the file's header."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(image_b64, validate=True))) as picture:
+            return picture.size
+    except (OSError, ValueError) as exc:
+        raise InferenceFailed(f"the worker sent an image that is not a picture ({exc})") from None
+
 
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def partial_event(echo: Echo, preview: PartialImage) -> str:
+    event = f"{echo.prefix}.partial_image"
     return _sse(
-        PARTIAL_IMAGE,
+        event,
         {
-            "type": PARTIAL_IMAGE,
+            "type": event,
             "b64_json": preview.b64,
             "partial_image_index": preview.partial_image_index,
             "image_index": preview.image_index,
-            **echo.fields(),
+            **echo.fields(preview.b64),
         },
     )
 
 
-def completed_events(echo: Echo, result: JobResult) -> list[str]:
-    return [
-        _sse(
-            COMPLETED,
-            {
-                "type": COMPLETED,
-                "b64_json": image.b64,
-                "image_index": index,
-                "usage": echo.usage(),
-                **echo.fields(),
-            },
-        )
-        for index, image in enumerate(result.images)
-    ]
+def completed_event(echo: Echo, index: int, image_b64: str) -> str:
+    event = f"{echo.prefix}.completed"
+    return _sse(
+        event,
+        {
+            "type": event,
+            "b64_json": image_b64,
+            "image_index": index,
+            "usage": echo.usage(image_b64),
+            **echo.fields(image_b64),
+        },
+    )
 
 
 def error_event(error: RouterError) -> str:
@@ -102,11 +118,7 @@ def error_event(error: RouterError) -> str:
 async def first_event(opened: OpenedStream) -> PartialImage | JobResult:
     """The job's first event, before anything is sent; raises the route's JSON errors."""
     try:
-        async with asyncio.timeout_at(opened.deadline):
-            return await opened.stream.next_event()
-    except TimeoutError:
-        await _close(opened)
-        raise TaskTimeout() from None
+        return await _next_event(opened)
     except BaseException:
         await _close(opened)
         raise
@@ -126,23 +138,24 @@ async def events(
     try:
         while isinstance(event, PartialImage):
             yield partial_event(echo, event)
-            try:
-                async with asyncio.timeout_at(opened.deadline):
-                    event = await opened.stream.next_event()
-            except TimeoutError:
-                outcome = TaskTimeout.reason
-                yield error_event(TaskTimeout())
-                return
-            except RouterError as error:
-                outcome = error.reason
-                yield error_event(error)
-                return
-        for line in completed_events(echo, event):
-            yield line
+            event = await _next_event(opened)
+        for index, image in enumerate(event.images):
+            yield completed_event(echo, index, image.b64)
         outcome = "ok"
+    except RouterError as error:
+        outcome = error.reason
+        yield error_event(error)
     finally:
         await _close(opened)
         on_end(outcome)
+
+
+async def _next_event(opened: OpenedStream) -> PartialImage | JobResult:
+    try:
+        async with asyncio.timeout_at(opened.deadline):
+            return await opened.stream.next_event()
+    except TimeoutError:
+        raise TaskTimeout() from None
 
 
 async def _close(opened: OpenedStream) -> None:

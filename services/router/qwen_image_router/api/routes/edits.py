@@ -2,33 +2,28 @@
 
 The form is read here, not by FastAPI's parameters, so every problem is the spec's 400
 naming the field: `image` (or `image[]`) one to three pictures, the other fields as
-/v1/images/generations takes them in JSON. `mask` is refused: Qwen-Image-Edit takes none.
+/v1/images/generations takes them in JSON, `stream` included (`image_edit.*` events).
+`mask` is refused: Qwen-Image-Edit takes none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import time
 import uuid
 
 from fastapi import APIRouter, HTTPException, Request
-from PIL import Image
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from qwen_image_common.contract import MAX_EDIT_PICTURES, GeneratedImage
+from qwen_image_common.contract import MAX_EDIT_PICTURES
 from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
-from qwen_image_router.api.routes.images import images_response, run_job
-from qwen_image_router.errors import (
-    InferenceFailed,
-    ValidationFailed,
-    describe_validation_errors,
-    error_doc,
-)
+from qwen_image_router.api.routes.images import images_response, run_job, stream_job
+from qwen_image_router.errors import ValidationFailed, describe_validation_errors, error_doc
 from qwen_image_router.schemas import ImageEditRequest, ImagesResponse
+from qwen_image_router.streaming import EDIT_EVENTS, EVENT_STREAM, Echo, made_size
 from qwen_image_router.uploads import plain_picture
 
 logger = logging.getLogger(__name__)
@@ -46,6 +41,14 @@ _MAX_FIELDS = 64
     response_model=ImagesResponse,
     response_model_exclude_none=True,
     responses={
+        200: {
+            "content": {
+                EVENT_STREAM: {
+                    "description": "With stream: image_edit.partial_image events, then an "
+                    "image_edit.completed event per image"
+                }
+            }
+        },
         400: error_doc("Validation error: <field>: <what>, or Model not available: <name>"),
         401: error_doc("Invalid or missing API key (only when API_KEYS is set)"),
         413: error_doc("Request body too large"),
@@ -54,7 +57,7 @@ _MAX_FIELDS = 64
 )
 async def edit_images(
     request: Request, settings: SettingsDep, metrics: MetricsDep, runtime: RuntimeDep
-) -> ImagesResponse:
+) -> ImagesResponse | StreamingResponse:
     try:
         # Leaving the block closes the uploads' spooled files: nothing stays on disk.
         async with request.form(max_files=MAX_EDIT_PICTURES + 1, max_fields=_MAX_FIELDS) as form:
@@ -70,36 +73,33 @@ async def edit_images(
     started = time.monotonic()
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
+    size = body.job_size()
 
     def log(worker: str, outcome: str) -> None:
         logger.info(
-            "edit %s: model=%s pictures=%d n=%d size=%s steps=%d worker=%s outcome=%s "
-            "duration=%.2fs",
+            "edit %s: model=%s pictures=%d n=%d size=%s steps=%d partial_images=%s worker=%s "
+            "outcome=%s duration=%.2fs",
             job_id,
             model,
             len(pictures),
             body.n,
-            "x".join(map(str, body.job_size() or ("auto",))),
+            "x".join(map(str, size or ("auto",))),
             body.num_inference_steps,
+            body.partial_images if body.stream else "-",
             worker,
             outcome,
             time.monotonic() - started,
         )
 
+    if body.stream:
+        asked = None if size is None else "{}x{}".format(*size)
+        echo = Echo(EDIT_EVENTS, asked, body.quality, body.output_format)
+        return await stream_job(job_id, body, model, pictures, echo, request, metrics, runtime, log)
     generation, data = await run_job(
         job_id, body, model, pictures, request, settings, metrics, runtime, log
     )
-    width, height = body.job_size() or _made_size(generation.images[0])
+    width, height = size or made_size(generation.images[0].b64)
     return images_response(body, data, width, height)
-
-
-def _made_size(image: GeneratedImage) -> tuple[int, int]:
-    """The size the edit pipeline chose, from the file's header."""
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(image.b64, validate=True))) as picture:
-            return picture.size
-    except (OSError, ValueError) as exc:
-        raise InferenceFailed(f"the worker sent an image that is not a picture ({exc})") from None
 
 
 def _read_form(form: FormData) -> tuple[ImageEditRequest, list[tuple[str, UploadFile]]]:

@@ -28,7 +28,14 @@ from qwen_image_router.runtime import RouterRuntime
 from qwen_image_router.schemas import ImageData, ImageGenerationRequest, ImagesResponse
 from qwen_image_router.settings import RouterSettings
 from qwen_image_router.storage import ImageStorage
-from qwen_image_router.streaming import EVENT_STREAM, HEADERS, Echo, events, first_event
+from qwen_image_router.streaming import (
+    EVENT_STREAM,
+    GENERATION_EVENTS,
+    HEADERS,
+    Echo,
+    events,
+    first_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +78,11 @@ async def create_images(
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
     width, height = body.dimensions()
-    if body.stream:
-        return await _stream(job_id, body, model, request, metrics, runtime)
 
     def log(worker: str, outcome: str) -> None:
         logger.info(
-            "request %s: user=%r n=%d size=%dx%d steps=%d worker=%s outcome=%s duration=%.2fs",
+            "request %s: user=%r n=%d size=%dx%d steps=%d partial_images=%s worker=%s "
+            "outcome=%s duration=%.2fs",
             job_id,
             # As Python writes it, and cut short: no newline or odd character of a client's
             # string can split or break the line.
@@ -85,11 +91,15 @@ async def create_images(
             width,
             height,
             body.num_inference_steps,
+            body.partial_images if body.stream else "-",
             worker,
             outcome,
             time.monotonic() - started,
         )
 
+    if body.stream:
+        echo = Echo(GENERATION_EVENTS, f"{width}x{height}", body.quality, body.output_format)
+        return await stream_job(job_id, body, model, (), echo, request, metrics, runtime, log)
     _, data = await run_job(job_id, body, model, (), request, settings, metrics, runtime, log)
     return images_response(body, data, width, height)
 
@@ -141,37 +151,29 @@ def images_response(
     )
 
 
-async def _stream(
+async def stream_job(
     job_id: str,
     body: ImageGenerationRequest,
     model: str,
+    pictures: Sequence[str],
+    echo: Echo,
     request: Request,
-    metrics: MetricsDep,
-    runtime: RuntimeDep,
+    metrics: RouterMetrics,
+    runtime: RouterRuntime,
+    log: Callable[[str, str], None],
 ) -> StreamingResponse:
-    """Errors up to the job's first event are JSON answers; the events follow as they come."""
-    started = request.state.answer_started
-    width, height = body.dimensions()
+    """A generation's or an edit's streamed answer. Errors up to the job's first event are
+    JSON answers; the events follow as they come. `log` as for `run_job` (the worker is
+    not named: a stream may come from several)."""
     metrics.in_flight.inc()
 
     async def start() -> tuple[OpenedStream, PartialImage | JobResult]:
-        opened = await runtime.generator.open_stream(job_id, body, model)
+        opened = await runtime.generator.open_stream(job_id, body, model, pictures)
         return opened, await first_event(opened)
 
     def on_end(outcome: str) -> None:
         metrics.in_flight.dec()
-        logger.info(
-            "request %s (streamed): n=%d size=%dx%d steps=%d partial_images=%d outcome=%s "
-            "duration=%.2fs",
-            job_id,
-            body.n,
-            width,
-            height,
-            body.num_inference_steps,
-            body.partial_images,
-            outcome,
-            time.monotonic() - started,
-        )
+        log("-", outcome)
 
     try:
         opened, first = await run_until_disconnected(request, start())
@@ -181,7 +183,6 @@ async def _stream(
     except BaseException:
         on_end("internal")
         raise
-    echo = Echo(f"{width}x{height}", body.quality, body.output_format)
     return StreamingResponse(
         events(opened, first, echo, on_end), media_type=EVENT_STREAM, headers=HEADERS
     )
