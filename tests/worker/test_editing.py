@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,23 @@ def test_the_pictures_change_the_edit(editor: EditEngine) -> None:
 
 def test_an_editor_makes_one_image_a_call(editor: EditEngine) -> None:
     assert editor.batch_size(spec()) == 1
+
+
+def test_edit_previews_are_the_outputs_alone_and_approach_it(editor: EditEngine) -> None:
+    # The pipeline feeds the pictures' latents beside the output's; the step callback and
+    # the scheduler see the output's only, so a preview decodes at the output's size.
+    job = spec(seed=5, width=64, height=48, num_inference_steps=8, pictures=(picture(96, 96, 1),))
+    plain = np.asarray(editor.generate(job, lambda: False), dtype=np.float64)
+    previews: list[tuple[int, int, Image.Image]] = []
+    streamed = editor.generate_batch(
+        [replace(job, partial_images=3)],
+        lambda: False,
+        lambda position, index, image: previews.append((position, index, image)),
+    )[0]
+    assert np.array_equal(np.asarray(streamed, dtype=np.float64), plain)
+    assert [(position, index) for position, index, _ in previews] == [(0, 0), (0, 1), (0, 2)]
+    assert all(image.size == (64, 48) for _, _, image in previews)
+    distances = [
+        np.abs(np.asarray(image, dtype=np.float64) - plain).mean() for *_, image in previews
+    ]
+    assert distances[0] > distances[1] > distances[2] > 0
