@@ -86,3 +86,83 @@ def test_the_editor_is_not_a_generator(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.generate(model=EDITOR, prompt="a cat")
     assert refused.value.body == {"detail": f"Model not available: {EDITOR}"}
+
+
+def decoded(b64: str) -> Image.Image:
+    picture = Image.open(io.BytesIO(base64.b64decode(b64)))
+    picture.load()
+    return picture
+
+
+# Two previews (after steps 3 and 4 of 5) or one (after step 3 of 4), never at the last step.
+TWO_PREVIEWS = {"num_inference_steps": 5, "seed": 11}
+ONE_PREVIEW = {"num_inference_steps": 4, "seed": 11}
+
+
+def test_an_edit_streams_previews_then_the_unstreamed_image(client: openai.OpenAI) -> None:
+    common = {"model": EDITOR, "prompt": "make it blue", "extra_body": TWO_PREVIEWS}
+    # No size: the pipeline's own choice for a 2:1 picture, told by every event.
+    events = list(
+        client.images.edit(
+            image=png_file(128, 64, (200, 30, 30)), stream=True, partial_images=2, **common
+        )
+    )
+    assert [event.type for event in events] == [
+        "image_edit.partial_image",
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+    assert [getattr(event, "partial_image_index", None) for event in events] == [0, 1, None]
+    pictures = [np.asarray(decoded(event.b64_json), dtype=np.float64) for event in events]
+    assert all(picture.shape == (736, 1440, 3) for picture in pictures)
+    assert {event.size for event in events} == {"1440x736"}
+    assert events[-1].usage.output_tokens == 1440 * 736 // 256
+    # Previews are the edit being made: each nearer the result than the one before.
+    distances = [np.abs(picture - pictures[-1]).mean() for picture in pictures]
+    assert distances[0] > distances[1] > distances[2] == 0
+    plain = client.images.edit(image=png_file(128, 64, (200, 30, 30)), **common)
+    assert plain.data and events[-1].b64_json == plain.data[0].b64_json
+    assert plain.size == events[-1].size
+
+
+def test_a_streamed_edit_of_two_pictures_and_two_images_tells_them_apart(
+    client: openai.OpenAI,
+) -> None:
+    pictures = [png_file(64, 64, (10, 10, 10)), png_file(48, 96, (250, 250, 0))]
+    common = {"model": EDITOR, "prompt": "put picture 1 on picture 2", "size": "256x256", "n": 2}
+    events = list(
+        client.images.edit(
+            image=pictures,
+            stream=True,
+            partial_images=1,
+            output_format="webp",
+            **common,
+            extra_body=ONE_PREVIEW,
+        )
+    )
+    seen = [(event.type, event.model_extra["image_index"]) for event in events]
+    assert sorted(seen) == [
+        ("image_edit.completed", 0),
+        ("image_edit.completed", 1),
+        ("image_edit.partial_image", 0),
+        ("image_edit.partial_image", 1),
+    ]
+    assert all(decoded(event.b64_json).format == "WEBP" for event in events)
+    plain = client.images.edit(
+        image=pictures, output_format="webp", **common, extra_body=ONE_PREVIEW
+    )
+    assert plain.data
+    completed = [event.b64_json for event in events if event.type == "image_edit.completed"]
+    # One edit worker makes one image a call: the same files exactly.
+    assert completed == [image.b64_json for image in plain.data]
+
+
+def test_a_bad_field_of_a_streamed_edit_is_a_json_400(both: Stack) -> None:
+    answer = httpx.post(
+        both.url + "/v1/images/edits",
+        data={"prompt": "make it blue", "stream": "true", "partial_images": "4"},
+        files={"image": png_file(32, 32, (0, 0, 0))},
+    )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["detail"].startswith("Validation error: partial_images")
