@@ -180,3 +180,16 @@ async def test_an_edit_that_fails_before_its_first_event_is_a_json_answer(
                 stream=True,
             )
     assert raised.value.body == {"detail": "Inference failed: CUDA out of memory"}
+
+
+async def test_an_edit_preview_that_is_no_picture_is_an_error_event(tmp_path: Path) -> None:
+    # Without a size, each event's size is read from its picture: "x" has none to read.
+    editor = FakeWorker(model="Qwen-Image-Edit-2509", task="edit")
+    editor.stream_lines = [PREVIEW.model_dump_json()]
+    async with router(tmp_path, editor) as client:
+        stream = await client.images.edit(
+            image=("a.png", png_bytes(8, 8, 1), "image/png"), prompt="x", stream=True
+        )
+        with pytest.raises(openai.APIError) as raised:
+            await anext(stream)
+    assert raised.value.message.startswith("Inference failed: the worker sent an image")
