@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 
 from qwen_image_common.logs import configure_logging
-from qwen_image_local.supervisor import Supervisor, plan_stack
+from qwen_image_local.supervisor import Supervisor, describe, plan_stack, visible_gpu_count
+
+logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,14 +24,17 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="worker count (default NUM_GPUS_TO_USE, else one per visible GPU, else 1 CPU worker)",
+        help="generator workers (default: NUM_GPUS_TO_USE, else one per visible GPU, less the "
+        "editors' GPUs; without a GPU, 1 CPU worker)",
     )
     up.add_argument(
         "--edit-workers",
         type=int,
-        default=0,
-        help="workers of the editor beside them (EDIT_MODEL_PATH, default the demo editor; "
-        "served as Qwen-Image-Edit-2509)",
+        default=None,
+        help="editor workers beside them, served as Qwen-Image-Edit-2509 from EDIT_MODEL_PATH "
+        "(unset: the demo editor). Default: without a GPU, 1 (of the demo editor, or of "
+        "EDIT_MODEL_PATH); on GPUs, none unless EDIT_MODEL_PATH is set, and then the GPUs are "
+        "split: half of them edit (the rest of them when --workers is given). 0: no editor",
     )
     up.add_argument(
         "--worker-base-port", type=int, default=6101, help="first worker port (default 6101)"
@@ -39,9 +46,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     configure_logging(service="up")
-    supervisor = Supervisor(
-        plan_stack(args.port, args.workers, args.worker_base_port, args.host, args.edit_workers)
+    specs = plan_stack(
+        args.port,
+        args.workers,
+        args.worker_base_port,
+        args.host,
+        args.edit_workers,
+        gpus=visible_gpu_count(),
+        env=os.environ,
     )
+    logger.info("%s", describe(specs))
+    supervisor = Supervisor(specs)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     raise SystemExit(supervisor.run())
