@@ -195,6 +195,7 @@ def test_a_worker_slow_to_become_ready_gets_no_job_until_it_is(tmp_path: Path) -
         assert slow.load() == {
             "model": "Qwen-Image",
             "task": "generate",
+            "max_pictures": 0,
             "ready": False,
             "running": 0,
             "waiting": 0,

@@ -58,7 +58,12 @@ def made_size(answer: httpx.Response) -> tuple[int, int]:
 
 def test_the_load_answer_names_the_model_and_its_task(editor: str) -> None:
     load = WorkerLoad.model_validate(httpx.get(editor + LOAD_PATH).json())
-    assert (load.model, load.task, load.ready) == ("Qwen-Image-Edit-2509", "edit", True)
+    assert (load.model, load.task, load.max_pictures, load.ready) == (
+        "Qwen-Image-Edit-2509",
+        "edit",
+        3,
+        True,
+    )
 
 
 def test_two_pictures_make_the_asked_size(editor: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import QwenImageEditPlusPipeline
+from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
 from PIL import Image
 
@@ -47,6 +47,15 @@ def test_template_prefix_is_exactly_what_the_edit_pipeline_drops() -> None:
     prompt_ids = pipe.tokenizer(prompt)["input_ids"]
     drop = pipe.prompt_template_encode_start_idx
     assert full[drop : drop + len(prompt_ids)] == prompt_ids
+
+
+def test_the_one_picture_editor_keeps_its_picture_after_what_it_drops() -> None:
+    # QwenImageEditPipeline's template puts the picture at the start of the user's turn;
+    # the real model's embeddings keep it, so the demo's must too.
+    pipe = build_demo_edit_pipeline(pipeline_class=QwenImageEditPipeline)
+    full = pipe.tokenizer(pipe.prompt_template_encode.format("make it blue"))["input_ids"]
+    kept = pipe.tokenizer.convert_ids_to_tokens(full[pipe.prompt_template_encode_start_idx :])
+    assert kept[:4] == ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "m"]
 
 
 def test_the_saved_folder_names_its_pipeline_and_loads_as_the_editor(

@@ -136,6 +136,13 @@ class WorkerLoad(BaseModel):
 
     model: str = Field(default="Qwen-Image", description="The worker's MODEL_NAME.")
     task: Task = Field(default="generate", description="What its pipeline does.")
+    max_pictures: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_EDIT_PICTURES,
+        description="Input pictures a job takes at most: none for a generator; an editor "
+        "reports its pipeline's (unreported: MAX_EDIT_PICTURES, Qwen-Image-Edit-2509's).",
+    )
     ready: bool = Field(description="Model loaded, warmed up and not draining.")
     running: int = Field(ge=0, description="Jobs in the batch on the GPU now.")
     waiting: int = Field(ge=0, description="Jobs accepted and waiting for the GPU.")
@@ -144,6 +151,12 @@ class WorkerLoad(BaseModel):
         description="Running plus waiting jobs the worker accepts now: the running batch (one "
         "slot when idle) plus TASK_QUEUE_SIZE.",
     )
+
+    @model_validator(mode="after")
+    def _an_editor_takes_pictures(self) -> WorkerLoad:
+        if self.task == "edit" and "max_pictures" not in self.model_fields_set:
+            self.max_pictures = MAX_EDIT_PICTURES
+        return self
 
 
 class ErrorBody(BaseModel):

@@ -151,6 +151,7 @@ class JobQueue:
         return WorkerLoad(
             model=self.model,
             task=self.kind.task,
+            max_pictures=self.kind.max_pictures,
             ready=self._accepting,
             running=len(self._running),
             waiting=len(self._waiting),

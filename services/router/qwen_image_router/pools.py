@@ -9,7 +9,7 @@ MODEL_NAME is always served, as a text-to-image model unless its workers say oth
 
 from __future__ import annotations
 
-from qwen_image_common.contract import Task
+from qwen_image_common.contract import MAX_EDIT_PICTURES, Task
 from qwen_image_router.errors import ModelNotAvailable
 from qwen_image_router.registry import WorkerRegistry, WorkerState
 
@@ -51,6 +51,11 @@ class ModelPools:
             for worker in self._registry.workers()
             if worker.reported is not None and worker.reported.model.casefold() == model.casefold()
         ]
+
+    def max_pictures(self, model: str) -> int:
+        """The input pictures every worker of `model`'s pool takes (the fewest any reports)."""
+        reports = [worker.reported for worker in self.workers(model) if worker.reported]
+        return min((report.max_pictures for report in reports), default=MAX_EDIT_PICTURES)
 
     @staticmethod
     def _known_name(models: dict[str, Task], wanted: str) -> str | None:

@@ -1,4 +1,4 @@
-"""A tiny `QwenImageEditPlusPipeline` with random weights: the editor's real code path.
+"""A tiny Qwen-Image editor with random weights: the editor's real code path.
 
 The same parts as the text-to-image demo (same seed, same sizes), plus what editing needs: a
 Qwen2-VL processor built in code (its image processor sized so a picture is a few vision
@@ -8,7 +8,7 @@ tokens, the byte-level tokenizer with the vision tokens added) and a VAE whose e
 from __future__ import annotations
 
 import torch
-from diffusers import QwenImageEditPlusPipeline
+from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
 from qwen_image_worker.engine.demo_model import (
@@ -26,8 +26,15 @@ _VISION_MAX_TOKENS = 16
 _VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def build_demo_edit_pipeline(num_layers: int = 1) -> QwenImageEditPlusPipeline:
-    """The demo editor, in float32 on the CPU; the caller moves it where it runs."""
+def build_demo_edit_pipeline(
+    num_layers: int = 1,
+    pipeline_class: type[QwenImageEditPlusPipeline | QwenImageEditPipeline] = (
+        QwenImageEditPlusPipeline
+    ),
+) -> QwenImageEditPlusPipeline | QwenImageEditPipeline:
+    """The demo editor, in float32 on the CPU; the caller moves it where it runs. Both edit
+    pipelines take the same parts: `pipeline_class` picks the one-to-three-picture editor
+    (Qwen-Image-Edit-2509's) or the one-picture `QwenImageEditPipeline`."""
     torch.manual_seed(DEMO_SEED)
     tokenizer = demo_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": list(_VISION_TOKENS)})
@@ -51,7 +58,7 @@ def build_demo_edit_pipeline(num_layers: int = 1) -> QwenImageEditPlusPipeline:
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
     )
-    pipe = QwenImageEditPlusPipeline(tokenizer=tokenizer, processor=processor, **parts)
+    pipe = pipeline_class(tokenizer=tokenizer, processor=processor, **parts)
     fit_template_prefix(
         tokenizer, pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
     )

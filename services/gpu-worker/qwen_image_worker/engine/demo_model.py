@@ -147,9 +147,10 @@ def check_vocab(tokenizer: Qwen2Tokenizer) -> None:
 
 def fit_template_prefix(tokenizer: Qwen2Tokenizer, template: str, drop: int) -> None:
     """Add word tokens for the template's system instruction, joining or splitting words until
-    the part before the user's text is exactly the `drop` tokens the pipeline cuts off, so
-    embeddings start at the prompt."""
-    prefix = template.split("{}")[0]
+    the part before the user's turn is exactly the `drop` tokens the pipeline cuts off, so
+    embeddings start at the user's turn (the prompt, or the one-picture editor's picture)."""
+    user_turn = "<|im_start|>user\n"
+    prefix = template[: template.index(user_turn) + len(user_turn)]
     system = prefix.split("system\n", 1)[1].split("<|im_end|>", 1)[0]
     words = re.findall(r"\s*\S+", system)
     others = len(tokenizer(prefix.replace(system, ""))["input_ids"])

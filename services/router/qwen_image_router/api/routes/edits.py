@@ -63,6 +63,11 @@ async def edit_images(
         async with request.form(max_files=MAX_EDIT_PICTURES + 1, max_fields=_MAX_FIELDS) as form:
             body, uploads = _read_form(form)
             model = runtime.pools.resolve(body.model, "edit")
+            most = runtime.pools.max_pictures(model)
+            if len(uploads) > most:
+                raise ValidationFailed(
+                    f"image: {model} edits at most {most} picture(s), got {len(uploads)}"
+                )
             files = [(field, await upload.read()) for field, upload in uploads]
     except HTTPException as exc:
         raise ValidationFailed(f"multipart form: {exc.detail}") from None
