@@ -100,15 +100,18 @@ def _free_port_on(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def start_loopback_workers(directory: Path, hosts: list[str]) -> list[LoopbackWorker]:
-    """Start one worker per host (all at once: each loads the model), return them ready."""
+def start_loopback_workers(
+    directory: Path, hosts: list[str], prefix: str = "worker", **env: str
+) -> list[LoopbackWorker]:
+    """Start one worker per host (all at once: each loads the model), return them ready;
+    `env` picks another model (MODEL_PATH, MODEL_NAME)."""
     workers = []
     for index, host in enumerate(hosts):
         port = _free_port_on(host)
-        name = f"worker-{index}"
+        name = f"{prefix}-{index}"
         service = Service(
             ["worker"],
-            {"HOST": host, "PORT": str(port), "DEVICE": "cpu", "TASK_QUEUE_SIZE": "2"},
+            {"HOST": host, "PORT": str(port), "DEVICE": "cpu", "TASK_QUEUE_SIZE": "2", **env},
             directory / f"{name}.log",
         ).start()
         workers.append(LoopbackWorker(name, host, port, service))
@@ -125,9 +128,10 @@ def start_loopback_workers(directory: Path, hosts: list[str]) -> list[LoopbackWo
 
 
 def loopback_slice(
-    namespace: str, worker: LoopbackWorker, *, ready: bool = True
+    namespace: str, worker: LoopbackWorker, *, ready: bool = True, service: str = WORKER_SERVICE
 ) -> client.V1EndpointSlice:
-    """An EndpointSlice of the worker Service that points at `worker`, as a controller writes.
+    """An EndpointSlice of the worker Service (or of another pool's `service`) that points at
+    `worker`, as a controller writes.
 
     kube-apiserver refuses loopback IPs in IPv4 and IPv6 slices (ValidateEndpointIP), so the
     slice has addressType FQDN, whose addresses are names: the worker's numeric address is
@@ -137,10 +141,10 @@ def loopback_slice(
         api_version="discovery.k8s.io/v1",
         kind="EndpointSlice",
         metadata=client.V1ObjectMeta(
-            name=slice_name(worker),
+            name=slice_name(worker, service),
             namespace=namespace,
             labels={
-                "kubernetes.io/service-name": WORKER_SERVICE,
+                "kubernetes.io/service-name": service,
                 "endpointslice.kubernetes.io/managed-by": "qwen-image-tests",
             },
         ),
@@ -160,8 +164,8 @@ def loopback_slice(
     )
 
 
-def slice_name(worker: LoopbackWorker) -> str:
-    return f"{WORKER_SERVICE}-{worker.name}"
+def slice_name(worker: LoopbackWorker, service: str = WORKER_SERVICE) -> str:
+    return f"{service}-{worker.name}"
 
 
 # ----- the router as a process ------------------------------------------------------------
