@@ -49,11 +49,10 @@ def create_app(settings: WorkerSettings, on_fatal: Callable[[str], None] | None 
 
         device = pick_device(settings.device)
         pipe = load_pipeline(None if settings.uses_demo_model else settings.model_path, device)
-        if kind.task == "edit":
-            # The speed levers are measured on the text-to-image pipeline only.
-            return EditEngine(pipe, on_step=metrics.step_duration.observe)
+        # The editors' transformer is Qwen-Image's class: the same levers, pulled the same way.
         levers = accelerate(pipe, Levers.from_settings(settings))
-        return Engine(
+        engine = EditEngine if kind.task == "edit" else Engine
+        return engine(
             pipe,
             on_step=metrics.step_duration.observe,
             warmup_sizes=settings.warmup_size_list if levers.per_shape else (),

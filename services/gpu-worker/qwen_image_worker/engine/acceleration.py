@@ -1,11 +1,13 @@
 """The GPU speed levers, applied to a loaded pipeline: stock diffusers' arithmetic, done faster.
 
-Every lever computes the same function as the stock pipeline; only the order of bf16
-rounding changes (see `lossless_tolerance`). Each one is chosen by WorkerSettings and can be
-switched off. They act on CUDA only: on a CPU `accelerate` leaves the pipeline as it
-is, unless a caller (tests, the benchmark's --tiny run) asks for the device-agnostic ones.
-Two opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and
-the first-block step cache (step_cache.py); `accelerate` pulls them too.
+They serve the text-to-image and the edit pipelines alike (one transformer class; where a
+lever's choice depends on the call, an edit's picture tokens count: paired_cfg.py,
+cuda_graphs.py). Every lever computes the same function as the stock pipeline; only the order of
+bf16 rounding changes (see `lossless_tolerance`). Each one is chosen by WorkerSettings and can
+be switched off. They act on CUDA only: on a CPU `accelerate` leaves the pipeline as it is,
+unless a caller (tests, the benchmark's --tiny run) asks for the device-agnostic ones. Two
+opt-in fast modes, off by default, trade exactness for speed: FP8 matmuls (fp8.py) and the
+first-block step cache (step_cache.py); `accelerate` pulls them too.
 
 Where each lever lives: joint_attention.py (fused QKV, real RoPE, FA3), feed_forward.py
 (the GELU epilogue), vae.py (the VAE's), cuda_graphs.py (SDPA order, CUDA graphs),

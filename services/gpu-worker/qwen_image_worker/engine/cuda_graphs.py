@@ -99,12 +99,13 @@ class AcceleratedForward:
     replays a CUDA graph of the whole forward for small images (DESIGN.md: at 512x512 a graph
     runs 3.4x faster than eager launches).
 
-    A graph is captured per (image shape, text length, batch, text mask or none) on first
-    use, into one memory pool that all graphs share (they never run at the same time); the
-    first use of a new prompt length at a small size pays for a capture (three forwards).
-    Only calls it can replay exactly take the graph path: no guidance, no ControlNet,
-    inference mode. If a capture fails, graphs are switched off (for masked calls only, when
-    the failed capture had a mask) and those calls run without one.
+    A graph is captured per (image shape, text length, batch, text mask or none, `img_shapes`:
+    an edit's pictures' shapes too) on first use, into one memory pool that all graphs share
+    (they never run at the same time); the first use of a new prompt length at a small size pays
+    for a capture (three forwards). Only calls it can replay exactly take the graph path: no
+    guidance, no ControlNet, inference mode, at most `graph_max_pixels` worth of tokens (an
+    edit's pictures counted). If a capture fails, graphs are switched off (for masked calls
+    only, when the failed capture had a mask) and those calls run without one.
     """
 
     def __init__(

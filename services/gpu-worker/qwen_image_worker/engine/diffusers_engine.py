@@ -148,29 +148,37 @@ class Engine:
         """Make `spec`, then the same at each of `warmup_sizes`: a compiled engine prepares
         its kernels per shape, and no request should pay for that. Returns the sizes made."""
         made: list[tuple[int, int]] = []
+        joined: list[tuple[int, int]] = []
         shapes: set[tuple[int, int]] = set()
         for width, height in [(spec.width, spec.height), *self.warmup_sizes]:
             if self.generation_size(width, height) in shapes:
                 continue
+            steps_joined = self._paired.joined if self._paired else 0
             self.generate(replace(spec, width=width, height=height), lambda: False)
             shapes.add(self.generation_size(width, height))
             made.append((width, height))
+            if self._paired and self._paired.joined > steps_joined:
+                joined.append((width, height))
         if self.warmup_sizes:
-            self._warm_up_variants(spec, made)
+            self._warm_up_variants(spec, made, joined)
         return made
 
-    def _warm_up_variants(self, spec: ImageSpec, made: list[tuple[int, int]]) -> None:
+    def _warm_up_variants(
+        self, spec: ImageSpec, made: list[tuple[int, int]], joined: list[tuple[int, int]]
+    ) -> None:
         """Compiled blocks keep a variant per kind of forward (a batch above one, a text
         mask or none); the warm-up images above bring one or two kinds, requests can bring
         the others:
         - with batching, a batch of two prompts of different lengths, at the first size that
           batches, preferably one where CFG's two forwards are not joined (a joined forward
           is a masked batch already);
-        - where they are joined, an image whose negative prompt is as long as its prompt,
-          joined without a mask."""
-        paired = self._paired
-        joined = [s for s in made if paired and paired.joins(*self.generation_size(*s))]
-        batchable = [size for size in made if self.batch.images(*self.generation_size(*size)) > 1]
+        - where they were joined (`joined`: what the calls did, an edit's pictures counted),
+          an image whose negative prompt is as long as its prompt, joined without a mask."""
+        batchable = [
+            size
+            for size in made
+            if self.batch_size(replace(spec, width=size[0], height=size[1])) > 1
+        ]
         batchable.sort(key=lambda size: size in joined)
         if batchable:
             first = replace(spec, width=batchable[0][0], height=batchable[0][1])

@@ -1,7 +1,9 @@
 """True CFG's two transformer forwards of a step, run as one forward of twice the batch.
 
 diffusers' QwenImagePipeline (0.42) calls the transformer twice a step, with the prompt's
-text and then the negative prompt's, on the same latents. At small sizes a forward is
+text and then the negative prompt's, on the same latents; so do the edit pipelines, whose
+latents are the image's followed by the pictures' (one tensor for both calls), and whose
+`encode_prompt` takes the pictures too. At small sizes a forward is
 launch-bound: on an H200 at 512x512 one forward of a batch of two took 0.068 s against
 2 x 0.038 s for two of one. This lever joins them: the first call runs
 both halves (texts padded to one length and masked, as a batch of jobs is) and answers with
@@ -13,7 +15,9 @@ tensors; the second call must come next and bring the latents of the first. Any 
 unchanged, so a pipeline that calls the transformer otherwise only loses the saving, and an
 answer is only ever the forward of the text and latents it is given for. Padding and the
 mask keep each half the function it was alone, up to the bf16 rounding of another batch
-shape (the same as for batched jobs).
+shape (the same as for batched jobs). The size limit is on the tokens a forward carries,
+decided per call: an edit's pictures count (about 4096 tokens each at the edit pipelines'
+1024x1024 VAE size), so an edit is joined only under a limit that covers them.
 """
 
 from __future__ import annotations
@@ -46,10 +50,6 @@ class PairedGuidance:
         self._joined: tuple[torch.Tensor, torch.Tensor, _Text] | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # latents, answer
         self.joined = 0  # steps whose two forwards ran as one
-
-    def joins(self, width: int, height: int) -> bool:
-        """Whether CFG's two forwards are joined at this generation size."""
-        return width * height // PIXELS_PER_TOKEN <= self._max_tokens
 
     def encode_prompt(self, *args: Any, **kwargs: Any) -> Any:
         embeds, mask = self._encode_prompt(*args, **kwargs)

@@ -14,7 +14,8 @@ from torch import nn
 def use_conv2d_for_single_frames(vae: nn.Module) -> int:
     """Route the VAE's causal 3-D convolutions through 2-D ones when they see one frame.
 
-    A text-to-image latent has one frame, and a causal kernel of depth 2p+1 pads it with 2p
+    An image's latent has one frame (so do an edit's pictures, which the encoder's
+    convolutions see), and a causal kernel of depth 2p+1 pads it with 2p
     zero frames in front, so only the kernel's last time slice ever meets data: a 2-D
     convolution with that slice is the same sum without the zero products (a third of the
     FLOPs of a 3x3x3 kernel). Returns how many convolutions were rerouted.
