@@ -6,6 +6,9 @@
 #                   every served size; profiled at 1328/1024; probed at 512/256
 #   queue           16 jobs at once through the worker's JobQueue at 512x512 and 256x256,
 #                   per batch limit 1, 2, 4, 8: images/s, busy fraction, pictures vs alone
+#   edit            1024x1024 from one 1024x1024 picture: stock QwenImageEditPlusPipeline
+#                   (measured with the stock rows) against the EditEngine with the lossless
+#                   levers (right after them), the generation model's transformer and VAE
 #   sdpa-padded     at 512/256: what FA3 over used keys (the default) gains over SDPA's mask
 #   fp8             at 1328/1024/512: FP8 row-wise matmuls on top of the defaults, profiled
 #                   at 1328/1024: where its time goes
@@ -30,6 +33,8 @@
 #     lossless: warm-up of the 8 served sizes (37 s), 4 rows, probes,
 #       profiles at 1328 and 1024 ........................................ ~100 s
 #     queue: 2 sizes x 4 batch limits x 16 jobs of 10 steps ............. ~60 s
+#     edit: stock (warm-up 2 + 12 steps + spread), a rebuild, the engine's
+#       warm-up and rows .......................... not yet timed on a device
 #     sdpa-padded, fp8: build, (quantise,) warm-up, rows .................. ~30 s each
 set -uo pipefail
 DEADLINE=560  # seconds after start by which everything must have ended

@@ -19,7 +19,11 @@ second by batch size (one pipeline call per batch of equal-length prompts), the 
 JobQueue under a full queue by batch limit (images/s, busy fraction, each job's picture
 against one-at-a-time), at CUDA-graph sizes a probe of the forward alone (batch 1 and 2:
 what a whole-step graph or batched CFG could still gain), and at the other sizes the
-forward's time split by kind of kernel beside its FLOPs (forward_profile.py).
+forward's time split by kind of kernel beside its FLOPs (forward_profile.py). The edit row
+(key `edit`, --edit-size, one input picture of that size): stock QwenImageEditPlusPipeline
+beside the stock rows, and the worker's EditEngine with the lossless variant's levers after
+that variant, on a fresh build; the full run's editor holds the generation model's
+transformer and VAE.
 
   python benchmarks/gpu_engine.py --out report.json             # full size, CUDA, 50 steps
   python benchmarks/gpu_engine.py --steps 12 --budget-s 300 \\
@@ -49,6 +53,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -58,8 +63,13 @@ import torch
 from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPlusPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
+)
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+    VAE_IMAGE_SIZE,
+    calculate_dimensions,
 )
 from forward_profile import attention_backends, forward_flops, masked_attention, profile_forward
 from PIL import Image
@@ -67,7 +77,7 @@ from report_table import table
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from qwen_image_common.contract import JobRequest
+from qwen_image_common.contract import PIXELS_PER_TOKEN, JobRequest
 from qwen_image_worker.engine.acceleration import (
     LOSSLESS_REL_L2_TOLERANCE,
     SPREAD_FACTOR,
@@ -79,18 +89,31 @@ from qwen_image_worker.engine.acceleration import (
     relative_error,
 )
 from qwen_image_worker.engine.base import BatchLimit, ImageSpec, OnPreview
+from qwen_image_worker.engine.demo_edit_model import build_demo_edit_pipeline
 from qwen_image_worker.engine.demo_model import QWEN_IMAGE_SCHEDULER, build_demo_pipeline
 from qwen_image_worker.engine.diffusers_engine import Engine
+from qwen_image_worker.engine.editing import EditEngine
 from qwen_image_worker.metrics import WorkerMetrics
 from qwen_image_worker.queue import JobQueue
 from qwen_image_worker.settings import WorkerSettings, parse_sizes
 
 PROMPT = "a lighthouse on a cliff at dusk, waves breaking below, long exposure, 35 mm photograph"
+EDIT_PROMPT = "make it a winter night: snow on the cliff, the lighthouse's beam lit"
 NEGATIVE = " "  # what the engine sends for an empty negative prompt
 CFG_SCALE = 4.0
 SEED = 1234
 FULL_STEPS = 50
 FULL_SIZES = "1328x1328,1024x1024,512x512"
+# The edit row's output, and its one input picture, of that size too.
+FULL_EDIT_SIZE = "1024x1024"
+TINY_EDIT_SIZE = "128x128"
+# The Qwen2.5-VL config keys naming the vision tokens, read from the demo editor's.
+VISION_TOKEN_KEYS = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
 TEXT_WIDTH = 3584
 TINY_LAYERS = 4  # enough blocks for FP8's bf16 edge blocks and the step cache to act
 # The other exact attention kernel that measures stock's own spread (default: flash or cuDNN).
@@ -251,6 +274,7 @@ class Plan:
     queue: bool
     probe: bool
     profile: bool
+    edit_size: tuple[int, int] | None  # None: no edit row
 
 
 def parse_variants(value: str) -> list[Variant]:
@@ -309,6 +333,12 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         "--no-profile", action="store_true", help="skip the forward's split by kind of kernel"
     )
     parser.add_argument(
+        "--edit-size",
+        help="WxH of the edit row's output and its one input picture (default: "
+        f"{FULL_EDIT_SIZE}; --tiny: {TINY_EDIT_SIZE})",
+    )
+    parser.add_argument("--no-edit", action="store_true", help="skip the edit row")
+    parser.add_argument(
         "--budget-s", type=float, help="skip sections that would start after this many seconds"
     )
     args = parser.parse_args(argv)
@@ -334,6 +364,9 @@ def parse_args(argv: list[str]) -> tuple[Plan, Path]:
         queue=not args.no_queue,
         probe=not args.no_probe,
         profile=not args.no_profile,
+        edit_size=None
+        if args.no_edit
+        else parse_sizes(args.edit_size or (TINY_EDIT_SIZE if tiny else FULL_EDIT_SIZE))[0],
     )
     return plan, args.out
 
@@ -411,7 +444,7 @@ class Capture:
     """The VAE's input latents and decoded pixels (floats, before clamping and uint8) of the
     last image, read by hooks on the same modules in the stock and the engine runs."""
 
-    def __init__(self, pipe: QwenImagePipeline) -> None:
+    def __init__(self, pipe: Any) -> None:
         self.latents: torch.Tensor | None = None
         self.pixels: torch.Tensor | None = None
         vae: Any = pipe.vae
@@ -486,8 +519,9 @@ def build_full_pipeline(device: torch.device) -> QwenImagePipeline:
     return pipe
 
 
-def text_config(tokenizer: Any) -> Qwen2_5_VLConfig:
-    """One decoder layer of Qwen2.5-VL's real width: real prompt lengths, negligible cost."""
+def text_config(tokenizer: Any, vision_tokens: dict[str, int] | None = None) -> Qwen2_5_VLConfig:
+    """One decoder layer of Qwen2.5-VL's real width: real prompt lengths, negligible cost.
+    Its vision tower is tiny; `vision_tokens` (an editor's) say which tokens it fills."""
     eos = tokenizer.eos_token_id
     return Qwen2_5_VLConfig(
         text_config={
@@ -517,7 +551,63 @@ def text_config(tokenizer: Any) -> Qwen2_5_VLConfig:
         vocab_size=320,
         bos_token_id=None,
         eos_token_id=eos,
+        **(vision_tokens or {}),
     )
+
+
+def build_full_edit_pipeline(pipe: QwenImagePipeline) -> QwenImageEditPlusPipeline:
+    """The editor of the edit row: `pipe`'s transformer and VAE (the same weights, no second
+    copy), a text encoder like `pipe`'s that reads the pictures' vision tokens, and the demo
+    editor's tokenizer and Qwen2-VL processor (built in code, a picture a few tokens)."""
+    demo = build_demo_edit_pipeline()
+    config = demo.text_encoder.config
+    vision_tokens = {key: getattr(config, key) for key in VISION_TOKEN_KEYS}
+    device = pipe.transformer.device
+    torch.manual_seed(1)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            text_encoder = Qwen2_5_VLForConditionalGeneration(
+                text_config(demo.tokenizer, vision_tokens)
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    text_encoder.to(torch.bfloat16).eval().requires_grad_(False)
+    editor = QwenImageEditPlusPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
+        vae=pipe.vae,
+        text_encoder=text_encoder,
+        tokenizer=demo.tokenizer,
+        processor=demo.processor,
+        transformer=pipe.transformer,
+    )
+    editor.set_progress_bar_config(disable=True)
+    return editor
+
+
+def build_tiny_edit_pipeline() -> QwenImageEditPlusPipeline:
+    """The demo editor as a worker serves it, its own VAE (the tiny generator's cannot
+    encode); one block, as the edit row pulls no fast mode and a picture is 4096 tokens."""
+    editor = build_demo_edit_pipeline()
+    editor.set_progress_bar_config(disable=True)
+    return editor
+
+
+def edit_picture(size: tuple[int, int]) -> Image.Image:
+    """The edit row's input: a smooth picture with some noise, the same every run."""
+    rng = np.random.default_rng(SEED)
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]]
+    base = np.stack([xs / size[0], ys / size[1], 0.5 + 0.5 * np.sin(xs / 37 + ys / 23)], -1)
+    pixels = 255 * np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def edit_tokens(size: tuple[int, int], picture: Image.Image) -> int:
+    """Image tokens of one edit forward: the output's, then the picture's at the size the
+    edit pipeline gives it before its VAE."""
+    width, height = calculate_dimensions(VAE_IMAGE_SIZE, picture.width / picture.height)
+    return (size[0] * size[1] + width * height) // PIXELS_PER_TOKEN
 
 
 def text_tokens(pipe: Any, prompt: str) -> int:
@@ -578,6 +668,11 @@ class Report:
                 "probe: the transformer forward alone (no mask, equal text lengths), batch 1 "
                 "and 2; step_minus_two_forwards_s bounds what a graph of the whole step could "
                 "save, batched_cfg_saving_s what cond+uncond in one forward could",
+                "edit: QwenImageEditPlusPipeline, one input picture of the output's size, stock "
+                "against the EditEngine with the lossless variant's levers (after that "
+                "variant, on a fresh build), compared by the same rule; full size: the "
+                "generation model's transformer and VAE, a 1-layer text encoder of the real "
+                "width with a tiny vision tower; image_tokens counts the picture's",
             ],
             "variant_names": [variant.name for variant in plan.variants],
             "rows": [],
@@ -595,8 +690,10 @@ class Report:
         lossless_rows = [
             row for entry in data["variants"] if entry["lossless"] for row in entry["rows"]
         ]
+        # The edit row counts once judged (a run cut off before its engine keeps its verdict).
+        edit = [data["edit"]] if "match" in data.get("edit", {}) else []
         data["outputs_match"] = bool(data["rows"]) and all(
-            row.get("match") is True for row in data["rows"] + lossless_rows + data["queue"]
+            row.get("match") is True for row in data["rows"] + lossless_rows + data["queue"] + edit
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -634,6 +731,24 @@ def stock_call(pipe: Any, size: tuple[int, int], steps: int, marks: Marks) -> No
     """Exactly what the engine asks of the pipeline, called on stock diffusers."""
     pipe(
         prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        true_cfg_scale=CFG_SCALE,
+        width=size[0],
+        height=size[1],
+        num_inference_steps=steps,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="pil",
+        callback_on_step_end=marks.callback,
+    )
+
+
+def edit_call(
+    pipe: Any, picture: Image.Image, size: tuple[int, int], steps: int, marks: Marks
+) -> None:
+    """Exactly what the EditEngine asks of the edit pipeline, called on stock diffusers."""
+    pipe(
+        image=picture,
+        prompt=EDIT_PROMPT,
         negative_prompt=NEGATIVE,
         true_cfg_scale=CFG_SCALE,
         width=size[0],
@@ -741,6 +856,7 @@ class Bench:
         self.report = Report(out, plan)
         self.data = self.report.data
         self.stock: dict[str, Outputs] = {}
+        self.stock_edit_outputs: Outputs | None = None
         # The lossless variant's outputs and timing per size: the fast modes' reference.
         self.lossless: dict[str, tuple[Outputs, dict[str, Any]]] = {}
         # Sizes whose attention was timed alone with each kernel (once, in the first profile).
@@ -754,16 +870,24 @@ class Bench:
     def run(self) -> dict[str, Any]:
         with self.report.section("build"):
             self.build()
+        edit_size = self.plan.edit_size
         if self.pipe is not None:
             self.stock_rows()
             if self.plan.throughput:
                 self.throughput("stock")
+            if edit_size is not None and not self.over_budget("stock edit"):
+                with self.report.section("stock edit"):
+                    self.stock_edit(edit_size)
             self.data["max_memory_gib_stock"] = self.peak()
         for variant in self.plan.variants:
             if not self.stock or self.over_budget(f"variant {variant.name}"):
                 continue
             with self.report.section(f"variant {variant.name}"):
                 self.run_variant(variant)
+            edited = self.stock_edit_outputs is not None and edit_size is not None
+            if variant.name == "lossless" and edited and not self.over_budget("engine edit"):
+                with self.report.section("engine edit"):
+                    self.engine_edit(variant)
         self.finish()
         return self.data
 
@@ -828,23 +952,109 @@ class Bench:
                 log(f"stock {label(size)}: {timed}")
             if self.plan.spread and label(size) in self.stock:
                 with self.report.section(f"stock spread {label(size)}"):
-                    row["stock_spread"] = self.spread(size)
+                    row["stock_spread"] = self.spread(
+                        self.pipe,
+                        partial(stock_call, self.pipe, size, self.plan.steps, self.marks),
+                        self.capture,
+                        self.stock[label(size)],
+                    )
                     log(f"stock spread {label(size)}: {row['stock_spread']}")
 
-    def spread(self, size: tuple[int, int]) -> dict[str, Any]:
-        """Stock again, another exact attention kernel in the transformer: how far stock
-        moves by itself."""
+    def spread(
+        self, pipe: Any, call: Callable[[], None], capture: Capture, reference: Outputs
+    ) -> dict[str, Any]:
+        """`call` on stock again, another exact attention kernel in `pipe`'s transformer: how
+        far stock moves by itself."""
         kernel = SPREAD_KERNEL[self.plan.device.type]
         backend = SDPBackend.EFFICIENT_ATTENTION if kernel == "efficient" else SDPBackend.MATH
-        with transformer_attention(self.pipe, backend):
-            stock_call(self.pipe, size, self.plan.steps, self.marks)
-        latents, pixels = self.capture.take()
-        reference = self.stock[label(size)]
+        with transformer_attention(pipe, backend):
+            call()
+        latents, pixels = capture.take()
         return {
             "kernel": kernel,
             "latents": round(relative_error(latents, reference[0]), 6),
             "pixels": round(relative_error(pixels, reference[1]), 6),
         }
+
+    def editor(self) -> tuple[QwenImageEditPlusPipeline, Capture]:
+        """The edit row's pipeline and the capture of its outputs; in the full run it holds
+        the current build's transformer and VAE, whose capture is the generation's."""
+        if self.plan.tiny:
+            editor = build_tiny_edit_pipeline()
+            return editor, Capture(editor)
+        return build_full_edit_pipeline(self.pipe), self.capture
+
+    def stock_edit(self, size: tuple[int, int]) -> None:
+        """Stock QwenImageEditPlusPipeline: an untimed warm-up edit, a timed one, and its
+        spread, as for the generation rows."""
+        steps = self.plan.steps
+        picture = edit_picture(size)
+        edit = self.data["edit"] = {
+            "size": label(size),
+            "pictures": [label(picture.size)],
+            "image_tokens": edit_tokens(size, picture),
+        }
+        editor, capture = self.editor()
+        edit["prompt_tokens"] = text_tokens(editor, EDIT_PROMPT)
+        with self.marks.timing(2):
+            edit_call(editor, picture, size, 2, self.marks)
+        with self.marks.timing(steps) as timed:
+            edit_call(editor, picture, size, steps, self.marks)
+        self.stock_edit_outputs = reference = capture.take()
+        edit["stock"] = timed
+        log(f"stock edit {label(size)}: {timed}")
+        if self.plan.spread:
+            edit["stock_spread"] = self.spread(
+                editor,
+                lambda: edit_call(editor, picture, size, steps, self.marks),
+                capture,
+                reference,
+            )
+            log(f"stock edit spread {label(size)}: {edit['stock_spread']}")
+
+    def engine_edit(self, variant: Variant) -> None:
+        """The worker's EditEngine on a fresh build: `variant`'s levers pulled on the editor
+        (`accelerate`, as a worker does), its start-up warm-up at the edit's size, then a
+        first edit (a new prompt: captures) and the timed one, compared with stock's."""
+        plan = self.plan
+        size, reference = plan.edit_size, self.stock_edit_outputs
+        assert size is not None and reference is not None
+        edit = self.data["edit"]
+        settings = WorkerSettings(**variant.settings)
+        self.build()
+        editor, capture = self.editor()
+        started = time.perf_counter()
+        done = accelerate(editor, Levers.from_settings(settings), allow_cpu=plan.tiny)
+        edit["accelerate_s"] = round(time.perf_counter() - started, 2)
+        edit["levers"] = done.active
+        engine = EditEngine(
+            editor,
+            on_step=self.marks.on_step,
+            warmup_sizes=[size],
+            batch=batch_limit(settings, done),
+        )
+        started = time.perf_counter()
+        warmed = engine.warm_up(replace(job_spec(size, 2), prompt="warm-up"))
+        edit["startup_warmup"] = {
+            "sizes": [label(made) for made in warmed],
+            "steps": 2,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        job = replace(job_spec(size, plan.steps, EDIT_PROMPT), pictures=(edit_picture(size),))
+        replays = 0 if done.forward is None else done.forward.stats.replayed
+        with self.marks.timing(1) as first:
+            engine.generate(replace(job, num_inference_steps=1), lambda: False)
+        with self.marks.timing(plan.steps) as timed:
+            engine.generate(job, lambda: False)
+        outputs = capture.take()
+        edit["engine"] = timed | {
+            "first_call_s": first["total_s"],
+            "graph_replays": 0 if done.forward is None else done.forward.stats.replayed - replays,
+            "cfg_joined_steps": 0 if done.paired is None else done.paired.joined,
+        }
+        edit["max_memory_gib"] = self.peak()
+        compare(edit, reference, outputs)
+        log(f"engine edit {label(size)}: {edit}")
 
     def run_variant(self, variant: Variant) -> None:
         plan = self.plan

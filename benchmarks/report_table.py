@@ -31,6 +31,8 @@ def table(data: dict[str, Any]) -> str:
             row.get("tolerance", {}).get("pixels"),
         )
         lines.append(" ".join(f"{fmt(c):>13}" for c in cells))
+    if "edit" in data:
+        lines.append(edit_line(data["edit"]))
     lines.extend(variant_lines(data.get("variants", [])))
     for row in data["throughput"]:
         s, e = row.get("stock", {}), row.get("engine", {})
@@ -54,6 +56,21 @@ def table(data: dict[str, Any]) -> str:
         f"errors: {[e['section'] for e in data['errors']]}  skipped: {data['skipped']}"
     )
     return "\n".join(lines)
+
+
+def edit_line(edit: dict[str, Any]) -> str:
+    """The edit row: stock QwenImageEditPlusPipeline against the EditEngine."""
+    s, e = edit.get("stock", {}), edit.get("engine", {})
+    tolerance = edit.get("tolerance", {})
+    return (
+        f"edit {edit['size']} from {'+'.join(edit['pictures'])} ({edit['image_tokens']} image "
+        f"tokens): s/step stock {fmt(s.get('median_step_s'))} engine "
+        f"{fmt(e.get('median_step_s'))}, @50 stock {fmt(s.get('extrapolated_50_steps_s'))} "
+        f"engine {fmt(e.get('extrapolated_50_steps_s'))}, speedup {fmt(edit.get('speedup'))}, "
+        f"latents err {fmt(edit.get('latents_rel_error'))} ({fmt(tolerance.get('latents'))}), "
+        f"pixels err {fmt(edit.get('pixels_rel_error'))} ({fmt(tolerance.get('pixels'))}), "
+        f"ok {edit.get('match')}"
+    )
 
 
 def variant_lines(variants: list[dict[str, Any]]) -> list[str]:

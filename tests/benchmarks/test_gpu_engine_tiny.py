@@ -86,6 +86,21 @@ def test_tiny_run_writes_a_complete_report_whose_outputs_match(tmp_path: Path) -
     worker = accelerate(load_pipeline(None, torch.device("cpu")), levers, allow_cpu=True)
     assert report["levers"] == worker.active != []
     assert report["startup_warmup"]["sizes"] == ["64x64", "96x64"]
+    # The edit row: stock QwenImageEditPlusPipeline against the EditEngine with the same
+    # levers, one input picture, judged by the same rule (outputs_match counts it).
+    edit = report["edit"]
+    assert edit["size"] == "128x128" and edit["pictures"] == ["128x128"]
+    assert edit["image_tokens"] > 128 * 128 // 256  # the picture's tokens join the image's
+    assert edit["levers"] == report["levers"]
+    assert edit["startup_warmup"]["sizes"] == ["128x128"]
+    for side in ("stock", "engine"):
+        assert edit[side]["steps"] == report["steps"]
+        assert edit[side]["total_s"] > 0 and edit[side]["median_step_s"] > 0
+    assert edit["stock_spread"]["kernel"] == "math"
+    assert edit["match"] is True and edit["speedup"] > 0
+    for name in ("latents", "pixels"):
+        assert 0 <= edit[f"{name}_rel_error"] <= edit["tolerance"][name]
+    assert "edit 128x128 from 128x128" in done.stdout
     # The real queue by batch limit: 4 jobs in 4 calls one at a time, in 2 calls two at a
     # time, each job's picture the one it got alone.
     queue = report["queue"]
@@ -198,6 +213,7 @@ def test_the_device_runs_flags_parse_into_its_plan(
     assert plan.batch_sizes == [(512, 512), (256, 256)] and plan.batches == [1, 2, 4, 8]
     assert plan.probe and plan.profile and plan.spread
     assert plan.steps == 12 and plan.budget_s == 300 and out == Path("x/gpu_engine.json")
+    assert plan.edit_size == (1024, 1024)  # the edit row, one picture of that size
     assert plan.sizes == [(1328, 1328), (1024, 1024), (512, 512), (256, 256)]
     # The worker's own warm-up: every served size.
     assert plan.warmup_sizes == WorkerSettings().warmup_size_list
@@ -227,8 +243,10 @@ def test_an_unknown_variant_is_refused_naming_the_known_ones(
 
 def test_a_variant_given_its_own_sizes_runs_and_warms_up_only_those(tmp_path: Path) -> None:
     only = ["--no-throughput", "--no-queue", "--no-probe", "--no-profile", "--no-spread"]
-    _, report = run_tiny(tmp_path / "r.json", "--variants", "lossless,unpaired@128x128", *only)
+    flags = ["--variants", "lossless,unpaired@128x128", "--no-edit", *only]
+    _, report = run_tiny(tmp_path / "r.json", *flags)
     assert report["outputs_match"] is True and report["complete"] is True
+    assert "edit" not in report
     lossless, unpaired = report["variants"]
     assert [row["size"] for row in lossless["rows"]] == ["256x256", "128x128"]
     assert [row["size"] for row in unpaired["rows"]] == unpaired["sizes"] == ["128x128"]
