@@ -1,13 +1,15 @@
-"""The speed levers on the edit pipeline (QwenImageEditPlusPipeline, the demo editor on the
-CPU): the same `accelerate`, the same function as stock, and each lever deciding from the
-call, an edit's picture tokens counted."""
+"""The speed levers on the edit pipelines (the demo editors on the CPU): the same
+`accelerate`, the same function as stock, and each lever deciding from the call, an edit's
+picture tokens counted."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
+from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
     VAE_IMAGE_SIZE,
     calculate_dimensions,
@@ -44,9 +46,8 @@ def tokens_of(source: Image.Image) -> int:
     return width * height // PIXELS_PER_TOKEN
 
 
-def demo_editor(num_layers: int = 1) -> EditEngine:
-    torch.manual_seed(0)
-    pipe = build_demo_edit_pipeline(num_layers)
+def demo_editor(num_layers: int = 1, pipeline_class: Any = QwenImageEditPlusPipeline) -> EditEngine:
+    pipe = build_demo_edit_pipeline(num_layers, pipeline_class)
     pipe.set_progress_bar_config(disable=True)
     return EditEngine(pipe)
 
@@ -68,14 +69,18 @@ def stock() -> EditEngine:
     return demo_editor()
 
 
-@pytest.mark.parametrize("pictures", [1, 2])
+@pytest.mark.parametrize(
+    ("pipeline_class", "pictures"),
+    [(QwenImageEditPlusPipeline, 1), (QwenImageEditPlusPipeline, 2), (QwenImageEditPipeline, 1)],
+)
 def test_the_worker_levers_make_the_stock_edit_with_cfg_joined(
-    stock: EditEngine, pictures: int
+    pipeline_class: Any, pictures: int
 ) -> None:
     sources = (picture(64, 64, 1), picture(80, 48, 3))[:pictures]
     job = spec(seed=11, negative_prompt="blurry", pictures=sources)
     levers = Levers.from_settings(WorkerSettings(paired_cfg_max_pixels=4 * VAE_IMAGE_SIZE))
-    engine = demo_editor()
+    stock = demo_editor(pipeline_class=pipeline_class)
+    engine = demo_editor(pipeline_class=pipeline_class)
     # Below the levers' wrappers: the forwards that really run.
     batches = recording(engine.pipe, lambda kwargs: tuple(kwargs["hidden_states"].shape[:2]))
     done = accelerated(engine, levers)
