@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run on one NVIDIA H200 (python3 3.12, torch 2.11+cu130 there): the GPU tests,
 # then the engine against stock diffusers with today's defaults (docs/performance.md):
-#   GPU tests       all of them (33)
+#   GPU tests       all of them (35; the 2 of test_edit_levers_gpu.py not yet run)
 #   lossless        the defaults at 1328x1328, 1024x1024, 512x512, 256x256, warmed up at
 #                   every served size; profiled at 1328/1024; probed at 512/256
 #   queue           16 jobs at once through the worker's JobQueue at 512x512 and 256x256,
@@ -26,7 +26,7 @@
 #
 # Time estimates, from earlier runs (the machine started in about 30 s):
 #   wheels install and the import / FA3 check ............................ ~25 s
-#   pytest tests/worker -m gpu: 33 tests .................................. ~160 s (cap 240)
+#   pytest tests/worker -m gpu: 33 tests (before the edit ones) ........... ~160 s (cap 240)
 #   benchmark, --steps 12:
 #     imports, CUDA start, the 20B random model built .................... ~17 s
 #     stock: warm-up 2 + 12 steps + a spread run, four sizes ............. ~45 s

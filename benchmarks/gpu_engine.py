@@ -589,7 +589,8 @@ def build_full_edit_pipeline(pipe: QwenImagePipeline) -> QwenImageEditPlusPipeli
 def build_tiny_edit_pipeline() -> QwenImageEditPlusPipeline:
     """The demo editor as a worker serves it, its own VAE (the tiny generator's cannot
     encode); one block, as the edit row pulls no fast mode and a picture is 4096 tokens."""
-    editor = build_demo_edit_pipeline()
+    editor = build_demo_edit_pipeline(pipeline_class=QwenImageEditPlusPipeline)
+    assert isinstance(editor, QwenImageEditPlusPipeline)
     editor.set_progress_bar_config(disable=True)
     return editor
 
