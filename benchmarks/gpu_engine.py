@@ -1042,16 +1042,17 @@ class Bench:
             "seconds": round(time.perf_counter() - started, 2),
         }
         job = replace(job_spec(size, plan.steps, EDIT_PROMPT), pictures=(edit_picture(size),))
-        replays = 0 if done.forward is None else done.forward.stats.replayed
         with self.marks.timing(1) as first:
             engine.generate(replace(job, num_inference_steps=1), lambda: False)
+        replays = self.graph_replays(done)
+        joined = 0 if done.paired is None else done.paired.joined
         with self.marks.timing(plan.steps) as timed:
             engine.generate(job, lambda: False)
         outputs = capture.take()
         edit["engine"] = timed | {
             "first_call_s": first["total_s"],
-            "graph_replays": 0 if done.forward is None else done.forward.stats.replayed - replays,
-            "cfg_joined_steps": 0 if done.paired is None else done.paired.joined,
+            "graph_replays": self.graph_replays(done) - replays,
+            "cfg_joined_steps": (0 if done.paired is None else done.paired.joined) - joined,
         }
         edit["max_memory_gib"] = self.peak()
         compare(edit, reference, outputs)
@@ -1363,8 +1364,10 @@ class Bench:
         log(f"skipped (time budget): {what}")
         return True
 
-    def graph_replays(self) -> int:
-        return 0 if self.done.forward is None else self.done.forward.stats.replayed
+    def graph_replays(self, done: Accelerated | None = None) -> int:
+        """CUDA graph replays so far of `done`'s forward (default: the current variant's)."""
+        forward = (done or self.done).forward
+        return 0 if forward is None else forward.stats.replayed
 
     def peak(self) -> float | None:
         """The most GPU memory held since the last call, in GiB."""
