@@ -149,7 +149,8 @@ def test_a_worker_drained_by_sigterm_under_load_finishes_its_jobs(tmp_path: Path
                 )
                 for i in range(4)
             ]
-            wait_until(lambda: drained.load()["running"] == 1, 10, "a job on the drained worker")
+            # Jobs that reach it together run as one batch: one or more are running.
+            wait_until(lambda: drained.load()["running"] >= 1, 10, "a job on the drained worker")
             drained.service.signal(signal.SIGTERM)
             later = [
                 pool.submit(
