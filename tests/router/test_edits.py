@@ -151,6 +151,22 @@ async def test_edits_are_counted_with_the_requests_ok_or_refused(tmp_path: Path)
     assert metric_value(metrics, "qwen_image_router_request_duration_seconds_count") == 1
 
 
+async def test_an_edit_logs_one_line_naming_its_model_user_and_pictures(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    editor = editor_worker()
+    pictures = [("image[]", ("p", picture(8, 8))), ("image[]", ("q", picture(8, 8)))]
+    async with serve(editor.app) as url, router_client(router_settings(tmp_path, [url])) as client:
+        with caplog.at_level("INFO", logger="qwen_image_router"):
+            done = await client.post(
+                EDITS, data={"prompt": "x", "user": "team\nfake line"}, files=pictures
+            )
+    assert done.status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("edit ")]
+    assert f"model={EDITOR} user='team\\nfake line' pictures=2 n=1 size=auto" in line
+    assert "outcome=ok" in line
+
+
 def upright_jpeg() -> bytes:
     """A 40x20 JPEG whose EXIF says: turn me 90 degrees to show me."""
     exif = Image.Exif()

@@ -20,7 +20,12 @@ from starlette.datastructures import FormData, UploadFile
 
 from qwen_image_common.contract import MAX_EDIT_PICTURES
 from qwen_image_router.api.deps import MetricsDep, RuntimeDep, SettingsDep
-from qwen_image_router.api.routes.images import images_response, run_job, stream_job
+from qwen_image_router.api.routes.images import (
+    images_response,
+    job_log,
+    run_job,
+    stream_job,
+)
 from qwen_image_router.errors import ValidationFailed, describe_validation_errors, error_doc
 from qwen_image_router.schemas import ImageEditRequest, ImagesResponse
 from qwen_image_router.streaming import EDIT_EVENTS, EVENT_STREAM, Echo, made_size
@@ -79,22 +84,7 @@ async def edit_images(
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
     size = body.job_size()
-
-    def log(worker: str, outcome: str) -> None:
-        logger.info(
-            "edit %s: model=%s pictures=%d n=%d size=%s steps=%d partial_images=%s worker=%s "
-            "outcome=%s duration=%.2fs",
-            job_id,
-            model,
-            len(pictures),
-            body.n,
-            "x".join(map(str, size or ("auto",))),
-            body.num_inference_steps,
-            body.partial_images if body.stream else "-",
-            worker,
-            outcome,
-            time.monotonic() - started,
-        )
+    log = job_log("edit", job_id, body, model, size, len(pictures), started)
 
     if body.stream:
         asked = None if size is None else "{}x{}".format(*size)

@@ -78,18 +78,40 @@ async def create_images(
     request.state.answer_started = started
     job_id = uuid.uuid4().hex
     width, height = body.dimensions()
+    log = job_log("request", job_id, body, model, (width, height), 0, started)
+
+    if body.stream:
+        echo = Echo(GENERATION_EVENTS, f"{width}x{height}", body.quality, body.output_format)
+        return await stream_job(job_id, body, model, (), echo, request, metrics, runtime, log)
+    _, data = await run_job(job_id, body, model, (), request, settings, metrics, runtime, log)
+    return images_response(body, data, width, height)
+
+
+def job_log(
+    kind: str,
+    job_id: str,
+    body: ImageGenerationRequest,
+    model: str,
+    size: tuple[int, int] | None,
+    pictures: int,
+    started: float,
+) -> Callable[[str, str], None]:
+    """The one line a generation or an edit logs when it ends, given its worker and outcome
+    (`size` None: an edit pipeline chooses it)."""
 
     def log(worker: str, outcome: str) -> None:
         logger.info(
-            "request %s: user=%r n=%d size=%dx%d steps=%d partial_images=%s worker=%s "
-            "outcome=%s duration=%.2fs",
+            "%s %s: model=%s user=%r pictures=%d n=%d size=%s steps=%d partial_images=%s "
+            "worker=%s outcome=%s duration=%.2fs",
+            kind,
             job_id,
+            model,
             # As Python writes it, and cut short: no newline or odd character of a client's
             # string can split or break the line.
             None if body.user is None else body.user[:_LOGGED_USER_CHARS],
+            pictures,
             body.n,
-            width,
-            height,
+            "auto" if size is None else "{}x{}".format(*size),
             body.num_inference_steps,
             body.partial_images if body.stream else "-",
             worker,
@@ -97,11 +119,7 @@ async def create_images(
             time.monotonic() - started,
         )
 
-    if body.stream:
-        echo = Echo(GENERATION_EVENTS, f"{width}x{height}", body.quality, body.output_format)
-        return await stream_job(job_id, body, model, (), echo, request, metrics, runtime, log)
-    _, data = await run_job(job_id, body, model, (), request, settings, metrics, runtime, log)
-    return images_response(body, data, width, height)
+    return log
 
 
 async def run_job(
