@@ -728,28 +728,11 @@ def label(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def stock_call(pipe: Any, size: tuple[int, int], steps: int, marks: Marks) -> None:
-    """Exactly what the engine asks of the pipeline, called on stock diffusers."""
+def stock_call(pipe: Any, size: tuple[int, int], steps: int, marks: Marks, **inputs: Any) -> None:
+    """Exactly what the engine asks of the pipeline, called on stock diffusers; `inputs`
+    (an edit's picture and prompt) replace the generation's prompt."""
     pipe(
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        true_cfg_scale=CFG_SCALE,
-        width=size[0],
-        height=size[1],
-        num_inference_steps=steps,
-        generator=torch.Generator("cpu").manual_seed(SEED),
-        output_type="pil",
-        callback_on_step_end=marks.callback,
-    )
-
-
-def edit_call(
-    pipe: Any, picture: Image.Image, size: tuple[int, int], steps: int, marks: Marks
-) -> None:
-    """Exactly what the EditEngine asks of the edit pipeline, called on stock diffusers."""
-    pipe(
-        image=picture,
-        prompt=EDIT_PROMPT,
+        **({"prompt": PROMPT} | inputs),
         negative_prompt=NEGATIVE,
         true_cfg_scale=CFG_SCALE,
         width=size[0],
@@ -990,6 +973,7 @@ class Bench:
         spread, as for the generation rows."""
         steps = self.plan.steps
         picture = edit_picture(size)
+        inputs = {"image": picture, "prompt": EDIT_PROMPT}
         edit = self.data["edit"] = {
             "size": label(size),
             "pictures": [label(picture.size)],
@@ -998,16 +982,16 @@ class Bench:
         editor, capture = self.editor()
         edit["prompt_tokens"] = text_tokens(editor, EDIT_PROMPT)
         with self.marks.timing(2):
-            edit_call(editor, picture, size, 2, self.marks)
+            stock_call(editor, size, 2, self.marks, **inputs)
         with self.marks.timing(steps) as timed:
-            edit_call(editor, picture, size, steps, self.marks)
+            stock_call(editor, size, steps, self.marks, **inputs)
         self.stock_edit_outputs = reference = capture.take()
         edit["stock"] = timed
         log(f"stock edit {label(size)}: {timed}")
         if self.plan.spread:
             edit["stock_spread"] = self.spread(
                 editor,
-                lambda: edit_call(editor, picture, size, steps, self.marks),
+                lambda: stock_call(editor, size, steps, self.marks, **inputs),
                 capture,
                 reference,
             )

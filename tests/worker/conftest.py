@@ -16,6 +16,17 @@ from qwen_image_worker.engine.loading import load_pipeline
 # Sizes of the gpu tests (tests/worker/*_gpu.py).
 GRAPHED = (64, 64)  # at most 512x512 pixels: replayed as a CUDA graph
 COMPILED = (1024, 576)  # larger: compiled blocks, no graph
+# What `accelerate(..., allow_cpu=True)` pulls at the default settings: a GPU worker's levers,
+# as far as a CPU runs them ('auto' without FA3: SDPA, cuDNN first).
+CPU_LEVERS = [
+    "fuse_qkv",
+    "real_rope",
+    "gelu_epilogue",
+    "vae_conv2d",
+    "vae_channels_last",
+    "attention_cudnn",
+    "paired_cfg",
+]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.step_cache import CachedBlocks
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import spec
+from .conftest import CPU_LEVERS, spec
 
 
 def rel_l2(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -169,15 +169,7 @@ def test_cpu_safe_levers_change_the_arithmetic_not_the_picture() -> None:
     pipe = load_pipeline(None, torch.device("cpu"))
     plain = load_pipeline(None, torch.device("cpu"))
     done = accelerate(pipe, Levers.from_settings(WorkerSettings()), allow_cpu=True)
-    assert done.active == [
-        "fuse_qkv",
-        "real_rope",
-        "gelu_epilogue",
-        "vae_conv2d",
-        "vae_channels_last",
-        "attention_cudnn",  # 'auto' without FA3: SDPA, cuDNN first
-        "paired_cfg",
-    ]
+    assert done.active == CPU_LEVERS
     assert not done.per_shape  # nothing compiles or captures on a CPU
     assert done.batch_coupling is None  # a job's image does not depend on its batch
     assert isinstance(done.forward, AcceleratedForward) and done.paired is not None
