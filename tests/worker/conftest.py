@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 from diffusers import QwenImageTransformer2DModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from qwen_image_worker.engine.acceleration import lossless_tolerance, relative_error
 from qwen_image_worker.engine.base import ImageSpec
 from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.loading import load_pipeline
@@ -133,6 +136,22 @@ def captured(engine: Engine) -> Iterator[dict[str, torch.Tensor]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def assert_matches_stock(ours: dict[str, torch.Tensor], plain: Engine, job: ImageSpec) -> None:
+    """`ours` (`captured` of an accelerated engine's `job`) is the levers-off engine's picture
+    within the lossless tolerance, whose spread is that engine with another exact attention
+    kernel (a CUDA one); another seed lands far outside it, so the tolerance separates."""
+    with captured(plain) as stock:
+        plain.generate(job, lambda: False)
+    with captured(plain) as other_kernel, sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+        plain.generate(job, lambda: False)
+    with captured(plain) as other_seed:
+        plain.generate(replace(job, seed=job.seed + 1), lambda: False)
+    for name in ("latents", "pixels"):
+        spread = relative_error(other_kernel[name], stock[name])
+        assert relative_error(ours[name], stock[name]) <= lossless_tolerance(spread), name
+    assert relative_error(other_seed["latents"], stock["latents"]) > 5 * lossless_tolerance()
 
 
 class OpLog(TorchDispatchMode):

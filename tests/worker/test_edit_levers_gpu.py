@@ -7,26 +7,21 @@ Selected with `-m gpu` on the GPU machine; a CPU run deselects them (tests/conft
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import VAE_IMAGE_SIZE
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qwen_image_worker.engine.acceleration import (
     Accelerated,
     Levers,
     accelerate,
-    lossless_tolerance,
-    relative_error,
 )
 from qwen_image_worker.engine.editing import EditEngine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.engine.model_kind import DEMO_EDIT_MODEL_PATH
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import GRAPHED, captured, spec
+from .conftest import GRAPHED, assert_matches_stock, captured, spec
 from .test_editing import picture
 
 pytestmark = pytest.mark.gpu
@@ -66,13 +61,4 @@ def test_an_accelerated_edit_matches_stock_with_graphs_and_cfg_joined(
         engine.generate(job, lambda: False)
     assert done.forward.stats.replayed > replayed and done.forward.stats.failed == 0
     assert done.paired.joined - joined == job.num_inference_steps
-    with captured(plain) as stock:
-        plain.generate(job, lambda: False)
-    with captured(plain) as other_kernel, sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
-        plain.generate(job, lambda: False)
-    with captured(plain) as other_seed:
-        plain.generate(replace(job, seed=22), lambda: False)
-    for name in ("latents", "pixels"):
-        spread = relative_error(other_kernel[name], stock[name])
-        assert relative_error(ours[name], stock[name]) <= lossless_tolerance(spread), name
-    assert relative_error(other_seed["latents"], stock["latents"]) > 5 * lossless_tolerance()
+    assert_matches_stock(ours, plain, job)

@@ -5,13 +5,10 @@ Selected with `-m gpu` on the GPU machine; a CPU run deselects them (tests/conft
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qwen_image_worker.engine.acceleration import (
     Accelerated,
@@ -25,7 +22,7 @@ from qwen_image_worker.engine.diffusers_engine import Engine
 from qwen_image_worker.engine.loading import load_pipeline
 from qwen_image_worker.settings import WorkerSettings
 
-from .conftest import COMPILED, GRAPHED, captured, spec
+from .conftest import COMPILED, GRAPHED, assert_matches_stock, captured, spec
 
 pytestmark = pytest.mark.gpu
 
@@ -114,17 +111,7 @@ def test_latents_and_pixels_match_the_levers_off_engine(
     job = spec(seed=21, width=size[0], height=size[1], num_inference_steps=8)
     with captured(engine) as ours:
         engine.generate(job, lambda: False)
-    with captured(plain) as stock:
-        plain.generate(job, lambda: False)
-    with captured(plain) as other_kernel, sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
-        plain.generate(job, lambda: False)
-    with captured(plain) as other_seed:
-        plain.generate(replace(job, seed=22), lambda: False)
-    for name in ("latents", "pixels"):
-        spread = relative_error(other_kernel[name], stock[name])
-        assert relative_error(ours[name], stock[name]) <= lossless_tolerance(spread), name
-    # The tolerance separates: another seed is far outside it.
-    assert relative_error(other_seed["latents"], stock["latents"]) > 5 * lossless_tolerance()
+    assert_matches_stock(ours, plain, job)
 
 
 def test_after_warm_up_new_prompt_lengths_and_sizes_compile_nothing(
