@@ -44,19 +44,24 @@ class Echo:
     output_format: str
     background: str = "opaque"
 
-    def fields(self, image_b64: str) -> dict[str, Any]:
+    def size_of(self, image_b64: str) -> str:
+        """The size asked for, else the one of the event's picture (read once an event)."""
+        return self.size or "{}x{}".format(*made_size(image_b64))
+
+    def fields(self, size: str) -> dict[str, Any]:
         return {
-            "size": self._size(image_b64),
+            "size": size,
             "quality": self.quality,
             "output_format": self.output_format,
             "background": self.background,
             "created_at": int(time.time()),
         }
 
-    def usage(self, image_b64: str) -> dict[str, Any]:
+    @staticmethod
+    def usage(size: str) -> dict[str, Any]:
         """Qwen-Image's counts: no input tokens are counted (the prompt is encoded by the
         worker's text encoder, not metered), output tokens are the image's latent tokens."""
-        width, height = (int(side) for side in self._size(image_b64).split("x"))
+        width, height = (int(side) for side in size.split("x"))
         tokens = width * height // PIXELS_PER_TOKEN
         return {
             "input_tokens": 0,
@@ -64,9 +69,6 @@ class Echo:
             "output_tokens": tokens,
             "total_tokens": tokens,
         }
-
-    def _size(self, image_b64: str) -> str:
-        return self.size or "{}x{}".format(*made_size(image_b64))
 
 
 def made_size(image_b64: str) -> tuple[int, int]:
@@ -91,21 +93,22 @@ def partial_event(echo: Echo, preview: PartialImage) -> str:
             "b64_json": preview.b64,
             "partial_image_index": preview.partial_image_index,
             "image_index": preview.image_index,
-            **echo.fields(preview.b64),
+            **echo.fields(echo.size_of(preview.b64)),
         },
     )
 
 
 def completed_event(echo: Echo, index: int, image_b64: str) -> str:
     event = f"{echo.prefix}.completed"
+    size = echo.size_of(image_b64)
     return _sse(
         event,
         {
             "type": event,
             "b64_json": image_b64,
             "image_index": index,
-            "usage": echo.usage(image_b64),
-            **echo.fields(image_b64),
+            "usage": echo.usage(size),
+            **echo.fields(size),
         },
     )
 
