@@ -15,6 +15,7 @@ from PIL import Image
 
 from qwen_image_local.supervisor import plan_stack
 from support.processes import Service, answers, free_port, wait_until
+from support.stack import router_ready_workers
 
 EDITOR = "Qwen-Image-Edit-2509"
 
@@ -106,6 +107,8 @@ def defaults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Se
                 lambda p=worker_port: answers(f"http://127.0.0.1:{p}/readyz"), 120, "workers"
             )
         wait_until(lambda: answers(url + "/readyz"), 30, "the router")
+        # Its readyz needs one ready worker: wait until it has polled both.
+        wait_until(lambda: router_ready_workers(url) == 2, 30, "the router to see both workers")
         yield url, service
     except AssertionError:
         raise AssertionError(f"up did not start; its log:\n{service.log()}") from None

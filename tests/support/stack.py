@@ -58,10 +58,7 @@ class Stack:
         self.service.stop()
 
     def ready_workers(self) -> int:
-        for line in httpx.get(self.url + "/metrics").text.splitlines():
-            if line.startswith("qwen_image_router_ready_workers "):
-                return int(float(line.split()[-1]))
-        return 0
+        return router_ready_workers(self.url)
 
     def worker_process(self, worker_url: str) -> psutil.Process:
         """The child of `up` that serves `worker_url` (found by its PORT)."""
@@ -85,3 +82,11 @@ def png(b64: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     assert image.format == "PNG"
     return image
+
+
+def router_ready_workers(url: str) -> int:
+    """The workers the router at `url` counts as ready (its readyz needs only one)."""
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("qwen_image_router_ready_workers "):
+            return int(float(line.split()[-1]))
+    return 0
